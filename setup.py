@@ -1,0 +1,53 @@
+"""Packaging for hf-negmerge (src layout)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+INSTALL_REQUIRES = [
+    # Install the CPU build first where no GPU is wanted: `pip install torch==2.13.0`.
+    "torch>=2.4",
+    "transformers>=5.0",
+    "peft>=0.18",
+    "accelerate>=1.0",
+    "datasets>=3.0",
+    "evaluate>=0.4.3",
+    "huggingface_hub>=1.0",
+    "safetensors>=0.4.3",
+    "scikit-learn>=1.3",
+    "kornia>=0.7",
+    "matplotlib>=3.7",
+    "numpy>=1.24",
+    "pillow>=10.0",
+    "pyyaml>=6.0",
+    "tqdm>=4.66",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8.0", "hypothesis>=6.100", "ruff>=0.6", "psutil>=5.9"],
+}
+EXTRAS_REQUIRE["dev"] = sorted({dep for deps in EXTRAS_REQUIRE.values() for dep in deps})
+
+setup(
+    name="hf-negmerge",
+    version="0.1.0.dev0",
+    description="Machine unlearning by sign-consensus weight merging (NegMerge) for Hugging Face models",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    package_data={"hf_negmerge": ["py.typed", "evaluation/metrics/*/*.py", "recipes/**/*.yaml"]},
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["hf-negmerge=hf_negmerge.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,58 @@
+"""`hf-negmerge` command line: a registry of subcommands, each in its own module.
+
+Subcommand modules are imported lazily so `hf-negmerge --help` stays fast and a
+missing optional dependency of one command never breaks the others. Each module
+exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..errors import NegMergeError
+
+# name -> (module, one-line help). Add a command by adding a module and a row here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "merge": ("hf_negmerge.cli.merge", "Merge fine-tuned checkpoints into a task vector (and optionally unlearn)."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-negmerge",
+        description="Machine unlearning by sign-consensus weight merging (NegMerge).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        default = COMMANDS.get("unlearn")
+        if default is None:
+            parser.print_help()
+            return 0
+        # No arguments: run the built-in default unlearning job.
+        return main(["unlearn"])
+    try:
+        return int(args._module.run(args) or 0)
+    except NegMergeError as error:
+        print(f"hf-negmerge {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hf-negmerge {args.command}: interrupted; finished work is kept and reused on rerun.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""merging stage of hf-negmerge."""
