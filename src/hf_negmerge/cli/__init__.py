@@ -16,7 +16,10 @@ from ..errors import NegMergeError
 
 # name -> (module, one-line help). Add a command by adding a module and a row here.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "merge": ("hf_negmerge.cli.merge", "Merge fine-tuned checkpoints into a task vector (and optionally unlearn)."),
+    "merge": (
+        "hf_negmerge.cli.merge",
+        "Merge fine-tuned checkpoints into a task vector (and optionally unlearn).",
+    ),
 }
 
 
@@ -46,11 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main(["unlearn"])
     try:
         return int(args._module.run(args) or 0)
-    except NegMergeError as error:
+    except (NegMergeError, FileExistsError, FileNotFoundError) as error:
         print(f"hf-negmerge {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"hf-negmerge {args.command}: interrupted; finished work is kept and reused on rerun.", file=sys.stderr)
+        print(
+            f"hf-negmerge {args.command}: interrupted; finished work is kept and reused on rerun.",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -1,0 +1,181 @@
+"""`NegMergeConfig`: every choice that turns a pool of fine-tuned runs into an unlearned model.
+
+Saved as JSON next to the artifacts it produced (like peft's adapter configs), so a merged
+vector or an unlearned model always says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CONFIG_NAME = "negmerge_config.json"
+
+ACCUMULATION_DTYPES = ("float32", "float64")
+MAJORITY_SIGN_METHODS = ("total", "frequency")
+LAMBDA_FALLBACKS = ("least_retain_drop", "error")
+
+
+def default_lambda_grid(stop: float = 1.0, step: float = 0.05) -> list[float]:
+    """The authors' grid {0, 0.05, …, 1.0}, rounded so the values print and compare cleanly."""
+    count = round(stop / step)
+    return [round(i * step, 10) for i in range(count + 1)]
+
+
+@dataclass
+class NegMergeConfig:
+    """How task vectors are merged and how the negation coefficient λ is chosen.
+
+    The defaults reproduce the paper: unanimous sign consensus, plain mean on kept elements,
+    λ ∈ {0, 0.05, …, 1} chosen as the lowest forget accuracy whose retain accuracy stays
+    ≥ 0.95 × the original model's.
+    """
+
+    method: str = field(
+        default="negmerge",
+        metadata={"help": "Merge method: negmerge, task_arithmetic, uniform, ties or magmax."},
+    )
+    consensus_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "negmerge only. 1.0 keeps an element only when all n runs share its non-zero sign "
+            "(the paper). EXTENSION, not in the paper: a value f in (0.5, 1) keeps elements where at "
+            "least ceil(f·n) runs share the sign, still averaging over all n runs."
+        },
+    )
+    density: float = field(
+        default=1.0,
+        metadata={"help": "ties only: fraction of each task tensor's largest-magnitude entries kept."},
+    )
+    majority_sign_method: str = field(
+        default="total",
+        metadata={
+            "help": "ties only: elect the sign of the sum ('total') or of the sign count ('frequency')."
+        },
+    )
+    include: list[str] | None = field(
+        default=None,
+        metadata={"help": "fnmatch patterns of tensor names that take part (None: every float tensor)."},
+    )
+    exclude: list[str] | None = field(
+        default=None,
+        metadata={"help": "fnmatch patterns of tensor names left out (applied after `include`)."},
+    )
+    accumulation_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of running sums: float32, or float64 for bit-stable references."},
+    )
+    lambda_grid: list[float] = field(
+        default_factory=default_lambda_grid,
+        metadata={"help": "Negation coefficients λ tried on validation data (θ = θ₀ − λ·τ)."},
+    )
+    retain_ratio: float = field(
+        default=0.95,
+        metadata={"help": "λ must keep retain/control validation accuracy ≥ this × the original's."},
+    )
+    fallback: str = field(
+        default="least_retain_drop",
+        metadata={"help": "When no λ qualifies: 'least_retain_drop' (highest retain accuracy) or 'error'."},
+    )
+    scale: float | None = field(
+        default=None,
+        metadata={"help": "A fixed λ; skips the search when set."},
+    )
+
+    def __post_init__(self) -> None:
+        from .merging import available_methods  # late import: merging imports this module
+
+        if self.method not in available_methods():
+            raise ConfigError(
+                f"NegMergeConfig.method={self.method!r} is not a known merge method; "
+                f"choose one of {', '.join(available_methods())}."
+            )
+        if not (0.5 < self.consensus_fraction <= 1.0):
+            raise ConfigError(
+                f"NegMergeConfig.consensus_fraction={self.consensus_fraction} must be in (0.5, 1]; "
+                "1.0 is the paper's unanimous rule."
+            )
+        if not (0.0 < self.density <= 1.0):
+            raise ConfigError(f"NegMergeConfig.density={self.density} must be in (0, 1].")
+        _check_choice("majority_sign_method", self.majority_sign_method, MAJORITY_SIGN_METHODS)
+        _check_choice("accumulation_dtype", self.accumulation_dtype, ACCUMULATION_DTYPES)
+        _check_choice("fallback", self.fallback, LAMBDA_FALLBACKS)
+        for name in ("include", "exclude"):
+            patterns = getattr(self, name)
+            if patterns is not None:
+                if isinstance(patterns, str):
+                    patterns = [patterns]
+                if not all(isinstance(p, str) and p for p in patterns):
+                    raise ConfigError(
+                        f"NegMergeConfig.{name} must be a list of non-empty strings, got {patterns!r}."
+                    )
+                setattr(self, name, list(patterns))
+        if not self.lambda_grid:
+            raise ConfigError("NegMergeConfig.lambda_grid is empty; give at least one λ.")
+        self.lambda_grid = [float(value) for value in self.lambda_grid]
+        if not all(math.isfinite(value) and value >= 0 for value in self.lambda_grid):
+            raise ConfigError(f"NegMergeConfig.lambda_grid must hold finite λ ≥ 0, got {self.lambda_grid}.")
+        if not (0.0 < self.retain_ratio <= 1.0):
+            raise ConfigError(f"NegMergeConfig.retain_ratio={self.retain_ratio} must be in (0, 1].")
+        if self.scale is not None and not math.isfinite(self.scale):
+            raise ConfigError(f"NegMergeConfig.scale={self.scale} must be finite.")
+
+    @property
+    def is_unanimous(self) -> bool:
+        return self.consensus_fraction == 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> NegMergeConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown NegMergeConfig key(s) {unknown}; known keys are {sorted(known)}.")
+        return cls(**values)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `negmerge_config.json` into `directory` (atomically)."""
+        from .checkpoints import atomic_write_text
+
+        path = Path(directory) / CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, self.to_json_string())
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, revision: str | None = None, token: str | bool | None = None
+    ) -> NegMergeConfig:
+        """Load from a folder (or a `negmerge_config.json` file), or from a Hub repo id."""
+        path = Path(name_or_path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            if Path(name_or_path).exists():
+                raise ConfigError(f"No {CONFIG_NAME} in {name_or_path}.")
+            from .hub_access import download_file
+
+            path = download_file(str(name_or_path), CONFIG_NAME, revision=revision, token=token)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON: {error}") from error
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must hold a JSON object, got {type(values).__name__}.")
+        return cls.from_dict(values)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"NegMergeConfig.{name}={value!r} is not one of {', '.join(choices)}.")

@@ -1,0 +1,204 @@
+"""Merge whole task vectors: in memory, as runs finish (resumable), or streamed from disk.
+
+`MergeAccumulator` folds one run's task vector at a time; its state is one merger per tensor,
+so memory is a small multiple of one model whatever the number of runs. `merge_checkpoints`
+walks tensor by tensor over N checkpoint folders, so it never holds more than one tensor per
+run in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoints import CheckpointReader, save_safetensors
+from ..config import NegMergeConfig
+from ..errors import CheckpointError, MergeError
+from ..task_vector import TaskVector, check_compatible, check_finite, difference, select_keys
+from .base import TensorMerger, get_merge_method
+from .stats import MergeStats, TensorStats
+
+_STATE_METADATA_KEY = "hf_negmerge_accumulator"
+
+
+@dataclass
+class MergeResult:
+    task_vector: TaskVector
+    stats: MergeStats
+
+
+def _tensor_stats(merged: torch.Tensor) -> TensorStats:
+    return TensorStats(merged.numel(), int(torch.count_nonzero(merged)), float(merged.double().norm()))
+
+
+def _assemble(
+    tensors: dict[str, torch.Tensor],
+    per_tensor: dict[str, TensorStats],
+    config: NegMergeConfig,
+    squared_norms: list[float],
+) -> MergeResult:
+    num_models = len(squared_norms)
+    stats = MergeStats(config.method, num_models, per_tensor, [math.sqrt(value) for value in squared_norms])
+    metadata = {"method": config.method, "num_models": num_models, "config": config.to_dict()}
+    return MergeResult(TaskVector(tensors, metadata), stats)
+
+
+class MergeAccumulator:
+    """Fold task vectors in one at a time; `result()` gives the merge of everything added.
+
+    With `run_id`s the accumulator remembers what it has folded, and `save`/`load` persist its
+    running state, so a grid that is killed resumes without folding any run twice.
+    """
+
+    def __init__(self, config: NegMergeConfig | None = None) -> None:
+        self.config = config or NegMergeConfig()
+        self.method = get_merge_method(self.config.method)
+        self.mergers: dict[str, TensorMerger] = {}
+        self.squared_norms: list[float] = []
+        self.run_ids: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.squared_norms)
+
+    def add(self, task_vector: TaskVector, run_id: str | None = None) -> None:
+        if run_id is not None and run_id in self.run_ids:
+            raise MergeError(f"Run '{run_id}' was already folded into this accumulator.")
+        keys = select_keys(task_vector.keys(), self.config.include, self.config.exclude)
+        if not keys:
+            raise MergeError(
+                f"No tensor of the task vector matches include={self.config.include} exclude={self.config.exclude}."
+            )
+        if self.mergers and set(keys) != set(self.mergers):
+            difference_keys = sorted(set(keys) ^ set(self.mergers))
+            raise CheckpointError(
+                f"Task vector #{self.count + 1} covers different tensors than the first, e.g. {', '.join(difference_keys[:5])}."
+            )
+        if self.method.max_models is not None and self.count >= self.method.max_models:
+            self.method.check_count(self.count + 1)
+        squared_norm = 0.0
+        for key in keys:
+            tensor = task_vector.tensors[key]
+            check_finite(tensor, key, f"task vector #{self.count + 1}")
+            merger = self.mergers.get(key)
+            if merger is None:
+                merger = self.mergers[key] = self.method.merger(self.config)
+            elif merger.shape != tuple(tensor.shape):
+                check_compatible(
+                    merger.shape, tensor.shape, key, "first task vector", f"task vector #{self.count + 1}"
+                )
+            merger.add(tensor)
+            squared_norm += float(tensor.double().pow(2).sum())
+        self.squared_norms.append(squared_norm)
+        if run_id is not None:
+            self.run_ids.append(run_id)
+
+    def result(self) -> MergeResult:
+        self.method.check_count(self.count)
+        tensors = {key: merger.result() for key, merger in self.mergers.items()}
+        per_tensor = {key: _tensor_stats(merged) for key, merged in tensors.items()}
+        return _assemble(tensors, per_tensor, self.config, self.squared_norms)
+
+    def save(self, path: str | Path) -> Path:
+        """Persist the running state (one safetensors file, written atomically)."""
+        tensors = {
+            f"{key}::{name}": value
+            for key, merger in self.mergers.items()
+            for name, value in merger.state().items()
+        }
+        header = {
+            "config": self.config.to_dict(),
+            "squared_norms": self.squared_norms,
+            "run_ids": self.run_ids,
+            "keys": list(self.mergers),
+        }
+        save_safetensors(tensors, path, metadata={_STATE_METADATA_KEY: json.dumps(header)})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> MergeAccumulator:
+        reader = CheckpointReader(path)
+        raw = reader.metadata.get(_STATE_METADATA_KEY)
+        if raw is None:
+            raise CheckpointError(f"{path} is not a saved MergeAccumulator state.")
+        header = json.loads(raw)
+        accumulator = cls(NegMergeConfig.from_dict(header["config"]))
+        accumulator.squared_norms = list(header["squared_norms"])
+        accumulator.run_ids = list(header["run_ids"])
+        for key in header["keys"]:
+            merger = accumulator.method.merger(accumulator.config)
+            merger.load_state(
+                {name: reader[f"{key}::{name}"] for name in merger.state_fields}, accumulator.count
+            )
+            accumulator.mergers[key] = merger
+        return accumulator
+
+
+def merge_task_vectors(
+    task_vectors: Iterable[TaskVector], config: NegMergeConfig | None = None
+) -> MergeResult:
+    """Merge task vectors held in memory (any iterable: a generator keeps only one alive)."""
+    accumulator = MergeAccumulator(config)
+    for task_vector in task_vectors:
+        accumulator.add(task_vector)
+    return accumulator.result()
+
+
+def merge_checkpoints(
+    base: str | Path,
+    finetuned: Sequence[str | Path],
+    config: NegMergeConfig | None = None,
+    progress: bool = True,
+) -> MergeResult:
+    """Merge N fine-tuned checkpoint folders against their base, tensor by tensor from disk.
+
+    Every folder is checked (keys, shapes) before any arithmetic, so a mismatch is reported
+    with its file and key before minutes of work. Peak memory: the merged vector plus one
+    tensor per run and the mergers' running state for one tensor.
+    """
+    config = config or NegMergeConfig()
+    method = get_merge_method(config.method)
+    method.check_count(len(finetuned))
+    base_reader = CheckpointReader(base)
+    readers = [CheckpointReader(path) for path in finetuned]
+    keys = [
+        key
+        for key in select_keys(base_reader.keys(), config.include, config.exclude)
+        if base_reader.dtype(key).is_floating_point
+    ]
+    if not keys:
+        raise CheckpointError(
+            f"No floating-point tensor of {base_reader.path} matches include/exclude patterns."
+        )
+    for reader in readers:
+        for key in keys:
+            if key not in reader:
+                raise CheckpointError(
+                    f"Tensor '{key}' of the base {base_reader.path} is missing from {reader.path}."
+                )
+            check_compatible(
+                base_reader.shape(key), reader.shape(key), key, base_reader.path, reader.path_of(key)
+            )
+    tensors: dict[str, torch.Tensor] = {}
+    per_tensor: dict[str, TensorStats] = {}
+    squared_norms = [0.0] * len(readers)
+    for key in tqdm(keys, desc=f"{config.method} merge", unit="tensor", disable=not progress):
+        base_tensor = base_reader[key]
+        check_finite(base_tensor, key, base_reader.path_of(key))
+        merger = method.merger(config)
+        for index, reader in enumerate(readers):
+            tuned = reader[key]
+            check_finite(tuned, key, reader.path_of(key))
+            task_tensor = difference(base_tensor, tuned, merger.dtype)
+            del tuned
+            squared_norms[index] += float(task_tensor.double().pow(2).sum())
+            merger.add(task_tensor)
+        tensors[key] = merger.result()
+        per_tensor[key] = _tensor_stats(tensors[key])
+    return _assemble(tensors, per_tensor, config, squared_norms)

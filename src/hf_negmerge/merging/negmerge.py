@@ -1,0 +1,58 @@
+"""NegMerge: keep the elements whose sign every run agrees on, and average them.
+
+Kim et al., "NegMerge: Sign-Consensual Weight Merging for Machine Unlearning", ICML 2025
+(arXiv:2410.05583). State: a running sum and a running sign sum; no run is held in memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import MergeMethod, TensorMerger, register_merge_method
+
+_MAX_RUNS = torch.iinfo(torch.int16).max
+
+
+class NegMergeMerger(TensorMerger):
+    """Unanimous sign consensus (paper) or, as a labelled extension, a k-of-n consensus."""
+
+    def _start(self, shape: torch.Size) -> None:
+        self.total = torch.zeros(shape, dtype=self.dtype)
+        self.sign_sum = torch.zeros(shape, dtype=torch.int16)
+        # Unanimity is |Σ sign| == n; only a k-of-n rule also needs to know how many were non-zero.
+        self.nonzero = None if self.config.is_unanimous else torch.zeros(shape, dtype=torch.int16)
+
+    @property
+    def state_fields(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("total", "sign_sum") if self.config.is_unanimous else ("total", "sign_sum", "nonzero")
+
+    def _fold(self, task_tensor: torch.Tensor) -> None:
+        if self.count >= _MAX_RUNS:
+            raise ValueError(f"NegMerge counts signs in int16 and supports at most {_MAX_RUNS} runs.")
+        self.total += task_tensor
+        signs = torch.sign(task_tensor).to(torch.int16)
+        self.sign_sum += signs
+        if self.nonzero is not None:
+            self.nonzero += signs != 0
+
+    def consensus_mask(self) -> torch.Tensor:
+        """Boolean mask of the elements that pass the consensus rule."""
+        if self.nonzero is None:
+            return self.sign_sum.abs() == self.count
+        agreeing = torch.maximum(self.nonzero + self.sign_sum, self.nonzero - self.sign_sum) // 2
+        return agreeing >= math.ceil(self.config.consensus_fraction * self.count - 1e-9)
+
+    def _finish(self) -> torch.Tensor:
+        return torch.where(self.consensus_mask(), self.total / self.count, torch.zeros((), dtype=self.dtype))
+
+
+register_merge_method(
+    MergeMethod(
+        name="negmerge",
+        merger=NegMergeMerger,
+        summary="Mean of the task vectors on elements whose sign all runs share (0 elsewhere).",
+        reference="Kim et al., NegMerge, ICML 2025, arXiv:2410.05583",
+    )
+)

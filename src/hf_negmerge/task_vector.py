@@ -1,0 +1,301 @@
+"""Task vectors τ = θ_finetuned − θ_base, keyed by checkpoint tensor names.
+
+Only floating-point tensors carry a task vector; integer and bool buffers (position ids,
+`num_batches_tracked`) are not weights that fine-tuning moves, so they always pass through
+from the base model untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoints import CheckpointReader, save_safetensors
+from .errors import CheckpointError
+from .key_space import checkpoint_state_dict, checkpoint_to_runtime_names
+
+_METADATA_KEY = "hf_negmerge"
+
+
+def select_keys(
+    keys: Iterable[str], include: Iterable[str] | None = None, exclude: Iterable[str] | None = None
+) -> list[str]:
+    """Keys matching any `include` pattern (all when None) and no `exclude` pattern (fnmatch)."""
+    include = list(include) if include is not None else None
+    exclude = list(exclude or [])
+    return [
+        key
+        for key in keys
+        if (include is None or any(fnmatch.fnmatchcase(key, p) for p in include))
+        and not any(fnmatch.fnmatchcase(key, p) for p in exclude)
+    ]
+
+
+def check_finite(tensor: torch.Tensor, key: str, source: object) -> None:
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise CheckpointError(f"{source}: tensor '{key}' contains NaN or Inf values.")
+
+
+def check_compatible(
+    base_shape: tuple[int, ...], other_shape: tuple[int, ...], key: str, base: object, other: object
+) -> None:
+    if tuple(base_shape) != tuple(other_shape):
+        raise CheckpointError(
+            f"Tensor '{key}' has shape {tuple(other_shape)} in {other} but {tuple(base_shape)} in the base "
+            f"{base}; the checkpoints do not share an architecture."
+        )
+
+
+def difference(
+    base: torch.Tensor, finetuned: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """finetuned − base computed in `dtype` (bf16 inputs lose nothing when upcast first)."""
+    return finetuned.to(dtype) - base.to(dtype)
+
+
+class TaskVector:
+    """A mapping from checkpoint tensor name to the change fine-tuning made there.
+
+    Arithmetic (`+`, `-`, scalar `*`, unary `-`) works key by key; `apply_to` adds
+    `scale · τ` to a model or state dict. NegMerge's unlearning step is
+    `merged.apply_to(model, scale=-λ)`.
+    """
+
+    def __init__(
+        self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        for key, tensor in tensors.items():
+            if not tensor.is_floating_point():
+                raise CheckpointError(
+                    f"Task vector entry '{key}' has dtype {tensor.dtype}; only float tensors can be."
+                )
+        self.tensors: dict[str, torch.Tensor] = dict(tensors)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_state_dicts(
+        cls,
+        base: Mapping[str, torch.Tensor],
+        finetuned: Mapping[str, torch.Tensor],
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        dtype: torch.dtype = torch.float32,
+        base_name: object = "base state dict",
+        finetuned_name: object = "fine-tuned state dict",
+    ) -> TaskVector:
+        """τ for every float tensor selected by the patterns; both dicts must share keys and shapes."""
+        tensors = {}
+        for key in select_keys(base.keys(), include, exclude):
+            base_tensor = base[key]
+            if not base_tensor.is_floating_point():
+                continue
+            if key not in finetuned:
+                raise CheckpointError(
+                    f"Tensor '{key}' of the base {base_name} is missing from {finetuned_name}."
+                )
+            tuned = finetuned[key]
+            check_compatible(base_tensor.shape, tuned.shape, key, base_name, finetuned_name)
+            check_finite(base_tensor, key, base_name)
+            check_finite(tuned, key, finetuned_name)
+            tensors[key] = difference(base_tensor, tuned, dtype)
+        extra = sorted(set(select_keys(finetuned.keys(), include, exclude)) - set(base.keys()))
+        if extra:
+            raise CheckpointError(
+                f"{finetuned_name} has tensor(s) the base {base_name} lacks: {', '.join(extra[:5])}"
+                + (" …" if len(extra) > 5 else "")
+            )
+        if not tensors:
+            raise CheckpointError(
+                f"No floating-point tensors of {base_name} match include={include} exclude={exclude}."
+            )
+        return cls(tensors)
+
+    @classmethod
+    def from_models(
+        cls,
+        base: nn.Module,
+        finetuned: nn.Module,
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> TaskVector:
+        """τ between two live models, keyed by checkpoint names (see `key_space`)."""
+        return cls.from_state_dicts(
+            checkpoint_state_dict(base),
+            checkpoint_state_dict(finetuned),
+            include,
+            exclude,
+            dtype,
+            base_name=f"base model ({type(base).__name__})",
+            finetuned_name=f"fine-tuned model ({type(finetuned).__name__})",
+        )
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        base: str | Path,
+        finetuned: str | Path,
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> TaskVector:
+        """τ between two checkpoint folders (single or sharded safetensors, any float dtype)."""
+        base_reader, tuned_reader = CheckpointReader(base), CheckpointReader(finetuned)
+        return cls.from_state_dicts(
+            base_reader,
+            tuned_reader,
+            include,
+            exclude,
+            dtype,
+            base_name=base_reader.path,
+            finetuned_name=tuned_reader.path,
+        )
+
+    @classmethod
+    def from_lora(
+        cls,
+        base: nn.Module,
+        adapter: nn.Module | str | Path,
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> TaskVector:
+        """Dense ΔW of a LoRA adapter: the merged model minus the base.
+
+        Merging A and B per run before any sign consensus is what makes the vector correct:
+        combining A and B factors separately across runs is not the sum of their ΔW.
+        `adapter` is a `PeftModel` wrapping a copy of `base`, or an adapter folder.
+        """
+        from peft import PeftModel
+
+        if isinstance(adapter, PeftModel):
+            merged = copy.deepcopy(adapter).merge_and_unload()
+        elif isinstance(adapter, str | Path):
+            if not Path(adapter).is_dir():
+                raise CheckpointError(f"LoRA adapter folder {adapter} does not exist.")
+            merged = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter)).merge_and_unload()
+        else:
+            raise CheckpointError(
+                f"adapter must be a PeftModel or an adapter folder, got {type(adapter).__name__}."
+            )
+        return cls.from_models(base, merged, include, exclude, dtype)
+
+    # -- arithmetic ---------------------------------------------------------------------------------
+    def _check_same_keys(self, other: TaskVector) -> None:
+        if self.tensors.keys() != other.tensors.keys():
+            missing = sorted(self.tensors.keys() ^ other.tensors.keys())
+            raise CheckpointError(f"Task vectors cover different tensors, e.g. {', '.join(missing[:5])}.")
+        for key, tensor in self.tensors.items():
+            check_compatible(
+                tensor.shape, other.tensors[key].shape, key, "left task vector", "right task vector"
+            )
+
+    def __add__(self, other: TaskVector) -> TaskVector:
+        self._check_same_keys(other)
+        return TaskVector({k: t + other.tensors[k] for k, t in self.tensors.items()})
+
+    def __sub__(self, other: TaskVector) -> TaskVector:
+        return self + (-other)
+
+    def __neg__(self) -> TaskVector:
+        return TaskVector({k: -t for k, t in self.tensors.items()}, self.metadata)
+
+    def __mul__(self, scale: float) -> TaskVector:
+        if not isinstance(scale, int | float) or not math.isfinite(scale):
+            return NotImplemented
+        return TaskVector({k: t * scale for k, t in self.tensors.items()}, self.metadata)
+
+    __rmul__ = __mul__
+
+    # -- inspection -----------------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.tensors
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    def numel(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    def count_nonzero(self) -> int:
+        return sum(int(torch.count_nonzero(t)) for t in self.tensors.values())
+
+    def norm(self) -> float:
+        """Global L2 norm over every entry (computed in float64)."""
+        return math.sqrt(sum(float(t.double().pow(2).sum()) for t in self.tensors.values()))
+
+    def __repr__(self) -> str:
+        return f"TaskVector({len(self)} tensors, {self.numel():,} entries, {self.count_nonzero():,} non-zero)"
+
+    # -- application ----------------------------------------------------------------------------------
+    def apply_to(
+        self, target: nn.Module | Mapping[str, torch.Tensor], scale: float = 1.0
+    ) -> nn.Module | dict[str, torch.Tensor]:
+        """θ + scale·τ. A model is updated in place and returned; a state dict is copied.
+
+        Each sum is computed in float32 (or wider) and cast back to the target's dtype.
+        """
+        if isinstance(target, nn.Module):
+            names = checkpoint_to_runtime_names(target)
+            runtime = target.state_dict()
+            missing = [key for key in self.tensors if key not in names]
+            if missing:
+                raise CheckpointError(
+                    f"{type(target).__name__} has no tensor(s) {', '.join(missing[:5])} for this task vector."
+                )
+            with torch.no_grad():
+                for key, delta in self.tensors.items():
+                    parameter = runtime[names[key]]
+                    check_compatible(parameter.shape, delta.shape, key, type(target).__name__, "task vector")
+                    parameter.copy_(_add_scaled(parameter, delta, scale))
+            return target
+        result = dict(target)
+        for key, delta in self.tensors.items():
+            if key not in result:
+                raise CheckpointError(f"State dict has no tensor '{key}' for this task vector.")
+            check_compatible(result[key].shape, delta.shape, key, "state dict", "task vector")
+            result[key] = _add_scaled(result[key], delta, scale)
+        return result
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write one safetensors file (atomically); metadata is kept as JSON in its header."""
+        path = Path(path)
+        save_safetensors(
+            self.tensors, path, metadata={_METADATA_KEY: json.dumps(self.metadata, sort_keys=True)}
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TaskVector:
+        reader = CheckpointReader(path)
+        tensors = {}
+        for key in reader:
+            tensor = reader[key]
+            check_finite(tensor, key, reader.path)
+            tensors[key] = tensor
+        raw = reader.metadata.get(_METADATA_KEY)
+        return cls(tensors, json.loads(raw) if raw else None)
+
+
+def _add_scaled(base: torch.Tensor, delta: torch.Tensor, scale: float) -> torch.Tensor:
+    wide = torch.promote_types(base.dtype, torch.float32)
+    return (base.to(wide) + scale * delta.to(wide)).to(base.dtype)

@@ -1,0 +1,58 @@
+"""The unlearning step: θ_u = θ₀ − λ·τ_merged, on a live model or checkpoint folder to folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoints import CheckpointReader, atomic_output_dir, resolve_weight_files, save_state_dict
+from .errors import CheckpointError
+from .task_vector import TaskVector, check_compatible
+
+
+def unlearn(base: nn.Module | dict[str, torch.Tensor], merged: TaskVector, scale: float) -> nn.Module | dict:
+    """Subtract `scale` times the merged task vector (a model is changed in place)."""
+    return merged.apply_to(base, scale=-scale)
+
+
+def write_unlearned_checkpoint(
+    base_dir: str | Path,
+    merged: TaskVector,
+    scale: float,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    max_shard_size: int | str = "5GB",
+) -> Path:
+    """Write θ₀ − λ·τ as a checkpoint folder loadable with `from_pretrained`.
+
+    Weights keep the base's names and dtypes; non-float tensors and tensors outside the vector
+    are copied unchanged; every non-weight file of the base (config, processor, tokenizer) is
+    copied along. The folder appears only when complete.
+    """
+    base_dir = Path(base_dir)
+    if not base_dir.is_dir():
+        raise CheckpointError(f"Base checkpoint folder {base_dir} does not exist.")
+    reader = CheckpointReader(base_dir)
+    missing = [key for key in merged if key not in reader]
+    if missing:
+        raise CheckpointError(f"Base checkpoint {base_dir} has no tensor(s) {', '.join(missing[:5])} of the vector.")
+    state_dict = {}
+    for key in reader:
+        tensor = reader[key]
+        if key in merged.tensors:
+            check_compatible(tensor.shape, merged[key].shape, key, base_dir, "merged task vector")
+            tensor = merged.apply_to({key: tensor}, scale=-scale)[key]
+        state_dict[key] = tensor
+    weight_files = {path.name for path in resolve_weight_files(base_dir)} | {
+        "model.safetensors.index.json",
+        "pytorch_model.bin.index.json",
+    }
+    with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+        for item in base_dir.iterdir():
+            if item.is_file() and item.name not in weight_files and not item.name.startswith("."):
+                shutil.copy2(item, staging / item.name)
+        save_state_dict(state_dict, staging, max_shard_size=max_shard_size)
+    return Path(output_dir)
