@@ -1,0 +1,61 @@
+"""Turn "a local folder or a Hub repo id" into a local folder.
+
+Loaders (`NegMergeConfig.from_pretrained`, `NegationVector.from_pretrained`) accept either; this
+module is the one place that decides which it is and fetches from the Hub when needed, through
+huggingface_hub's cache (so a second load works offline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import CheckpointError
+from ._connection import hub_errors, looks_like_repo_id
+
+
+def resolve_folder(
+    repo_id_or_dir: str | Path,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    allow_patterns: Sequence[str] | None = None,
+) -> Path:
+    """A local folder holding the files of `repo_id_or_dir`.
+
+    An existing directory is returned as is. Otherwise the name must be a Hub repo id
+    ("user/name"); its files (only `allow_patterns`, when given) are downloaded with
+    `snapshot_download` at `revision`. Raises `HubUnavailableError` when the Hub cannot be
+    reached and nothing is cached, `CheckpointError` for a name that is neither.
+    """
+    local = Path(repo_id_or_dir)
+    if local.is_dir():
+        return local
+    name = str(repo_id_or_dir)
+    if local.exists() or not looks_like_repo_id(name):
+        raise CheckpointError(
+            f"'{name}' is neither a local folder nor a Hub repo id of the form 'user/name'."
+        )
+    from huggingface_hub import snapshot_download
+
+    with hub_errors("download", name, token) as endpoint:
+        folder = snapshot_download(
+            name,
+            revision=revision,
+            token=token,
+            endpoint=endpoint,
+            allow_patterns=list(allow_patterns) if allow_patterns is not None else None,
+        )
+    return Path(folder)
+
+
+def download_file(
+    repo_id: str, filename: str, revision: str | None = None, token: str | bool | None = None
+) -> Path:
+    """One file of a Hub repo as a local path (`hf_hub_download`, cached)."""
+    if not looks_like_repo_id(repo_id):
+        raise CheckpointError(f"'{repo_id}' is not a local path or a Hub repo id of the form 'user/name'.")
+    from huggingface_hub import hf_hub_download
+
+    with hub_errors(f"download {filename} from", repo_id, token) as endpoint:
+        path = hf_hub_download(repo_id, filename, revision=revision, token=token, endpoint=endpoint)
+    return Path(path)

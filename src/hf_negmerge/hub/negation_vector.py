@@ -1,0 +1,391 @@
+"""`NegationVector`: the merged task vector as a light, shareable artifact.
+
+NegMerge keeps only the elements on which every fine-tuned run agrees in sign, so the merged
+vector is typically 90–95% zeros. Storing it dense wastes most of its bytes. Each tensor is
+written in whichever of three encodings gives the fewest payload bytes:
+
+- ``dense``:   all values                               numel · s bytes
+- ``bitmask``: 1 bit per element + the non-zero values  ⌈numel/8⌉ + nnz · s bytes
+- ``indices``: flat int32 (int64 past 2³¹) positions
+               + the non-zero values                    nnz · (4 or 8) + nnz · s bytes
+
+(s = bytes per value). For float32 the bitmask wins above ~3% density and dense wins above
+~97%; below ~3% density indices win. Values are stored bit-exactly in the vector's own dtype,
+so decoding gives back the very same tensor and applying it gives the very same weights as
+the dense path. The artifact is one safetensors file plus `negation_vector_config.json`
+(base model, chosen λ, method, NegMergeConfig), in the checkpoint key space.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoints import atomic_write_text, save_safetensors
+from ..config import NegMergeConfig
+from ..errors import CheckpointError
+from ..task_vector import TaskVector
+from ._upload import upload_folder_to_repo
+from .download import resolve_folder
+
+WEIGHTS_NAME = "negation_vector.safetensors"
+CONFIG_NAME = "negation_vector_config.json"
+FORMAT_NAME = "hf-negmerge/negation-vector"
+FORMAT_VERSION = 1
+_HEADER_KEY = "negation_vector"
+_PART_SEPARATOR = "::"
+_PART_NAMES = ("values", "mask", "indices")
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _index_dtype(numel: int) -> torch.dtype:
+    return torch.int32 if numel <= torch.iinfo(torch.int32).max else torch.int64
+
+
+# -- bit packing (little-endian within each byte: element i is bit i % 8 of byte i // 8) --------------
+_BIT_WEIGHTS = torch.tensor([1 << bit for bit in range(8)], dtype=torch.uint8)
+_BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Flat bool mask → uint8 tensor of ⌈n/8⌉ bytes."""
+    flat = mask.reshape(-1).to(torch.uint8)
+    padded = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
+    return (padded.view(-1, 8) * _BIT_WEIGHTS).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of `pack_bits`: the first `numel` bits as a flat bool tensor."""
+    bits = (packed.reshape(-1, 1) >> _BIT_SHIFTS) & 1
+    return bits.reshape(-1)[:numel].bool()
+
+
+# -- encodings -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Encoding:
+    """One way of storing a flat tensor: its exact payload size, encoder and decoder."""
+
+    name: str
+    payload_bytes: Callable[[int, int, int], int]  # (numel, nnz, value itemsize) -> bytes
+    encode: Callable[[torch.Tensor], dict[str, torch.Tensor]]  # flat tensor -> named parts
+    decode: Callable[[Mapping[str, torch.Tensor], int, torch.dtype], torch.Tensor]  # parts -> flat tensor
+
+
+def _encode_dense(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"values": flat}
+
+
+def _decode_dense(parts: Mapping[str, torch.Tensor], numel: int, dtype: torch.dtype) -> torch.Tensor:
+    return parts["values"]
+
+
+def _encode_bitmask(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    mask = flat != 0
+    return {"mask": pack_bits(mask), "values": flat[mask]}
+
+
+def _decode_bitmask(parts: Mapping[str, torch.Tensor], numel: int, dtype: torch.dtype) -> torch.Tensor:
+    if parts["mask"].numel() != math.ceil(numel / 8):
+        raise ValueError(f"bitmask holds {parts['mask'].numel()} bytes, expected {math.ceil(numel / 8)}")
+    mask = unpack_bits(parts["mask"], numel)
+    if int(mask.sum()) != parts["values"].numel():
+        raise ValueError(
+            f"bitmask marks {int(mask.sum())} elements but {parts['values'].numel()} values are stored"
+        )
+    flat = torch.zeros(numel, dtype=dtype)
+    flat[mask] = parts["values"]
+    return flat
+
+
+def _encode_indices(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    positions = torch.nonzero(flat != 0, as_tuple=False).reshape(-1)
+    return {"indices": positions.to(_index_dtype(flat.numel())), "values": flat[positions]}
+
+
+def _decode_indices(parts: Mapping[str, torch.Tensor], numel: int, dtype: torch.dtype) -> torch.Tensor:
+    positions = parts["indices"].to(torch.int64)
+    if positions.numel() != parts["values"].numel():
+        raise ValueError(f"{positions.numel()} indices but {parts['values'].numel()} values")
+    if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= numel):
+        raise ValueError(f"an index lies outside [0, {numel})")
+    flat = torch.zeros(numel, dtype=dtype)
+    flat[positions] = parts["values"]
+    return flat
+
+
+ENCODINGS: dict[str, Encoding] = {
+    # Order breaks ties: the simpler encoding wins when sizes are equal.
+    "dense": Encoding("dense", lambda numel, nnz, size: numel * size, _encode_dense, _decode_dense),
+    "bitmask": Encoding(
+        "bitmask",
+        lambda numel, nnz, size: math.ceil(numel / 8) + nnz * size,
+        _encode_bitmask,
+        _decode_bitmask,
+    ),
+    "indices": Encoding(
+        "indices",
+        lambda numel, nnz, size: nnz * (_index_dtype(numel).itemsize + size),
+        _encode_indices,
+        _decode_indices,
+    ),
+}
+
+
+def choose_encoding(tensor: torch.Tensor) -> tuple[str, int]:
+    """The encoding with the fewest payload bytes for `tensor`, and that byte count."""
+    numel, nnz, size = tensor.numel(), int(torch.count_nonzero(tensor)), tensor.element_size()
+    sizes = {name: encoding.payload_bytes(numel, nnz, size) for name, encoding in ENCODINGS.items()}
+    best = min(sizes, key=sizes.__getitem__)
+    return best, sizes[best]
+
+
+# -- the artifact ------------------------------------------------------------------------------------------
+class NegationVector:
+    """A merged task vector τ plus what is needed to unlearn with it: θ_u = θ₀ − λ·τ.
+
+    `tensors` are dense in memory (checkpoint key space); the sparse encodings only exist on disk.
+    """
+
+    def __init__(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        scale: float,
+        base_model: str | None = None,
+        method: str = "negmerge",
+        config: NegMergeConfig | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale):
+            raise CheckpointError(f"NegationVector scale λ must be a finite number, got {scale!r}.")
+        if not tensors:
+            raise CheckpointError("NegationVector needs at least one tensor.")
+        for key, tensor in tensors.items():
+            if _dtype_name(tensor.dtype) not in _DTYPES:
+                raise CheckpointError(
+                    f"NegationVector tensor '{key}' has dtype {tensor.dtype}; only {', '.join(_DTYPES)} are stored."
+                )
+        self.tensors: dict[str, torch.Tensor] = {
+            key: tensor.detach().cpu() for key, tensor in tensors.items()
+        }
+        self.scale = float(scale)
+        self.base_model = base_model
+        self.method = method
+        self.config = config
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @classmethod
+    def from_task_vector(
+        cls,
+        task_vector: TaskVector,
+        scale: float,
+        base_model: str | None = None,
+        config: NegMergeConfig | None = None,
+        method: str | None = None,
+    ) -> NegationVector:
+        """Wrap a merged `TaskVector` with the λ chosen for it (and where it came from)."""
+        if method is None:
+            method = (
+                config.method if config is not None else str(task_vector.metadata.get("method", "negmerge"))
+            )
+        return cls(task_vector.tensors, scale, base_model, method, config, task_vector.metadata)
+
+    def to_task_vector(self) -> TaskVector:
+        return TaskVector(self.tensors, self.metadata)
+
+    def apply_to(
+        self, target: nn.Module | Mapping[str, torch.Tensor], scale: float | None = None
+    ) -> nn.Module | dict[str, torch.Tensor]:
+        """θ₀ − λ·τ with λ = `scale` or the stored one: exactly `TaskVector.apply_to(target, -λ)`.
+
+        A model is changed in place and returned; a state dict is copied.
+        """
+        chosen = self.scale if scale is None else scale
+        return self.to_task_vector().apply_to(target, scale=-chosen)
+
+    # -- sizes -------------------------------------------------------------------------------------------
+    def encoding_plan(self) -> dict[str, tuple[str, int]]:
+        """Per tensor: the encoding `save_pretrained` will use and its payload bytes."""
+        return {key: choose_encoding(tensor) for key, tensor in self.tensors.items()}
+
+    def dense_nbytes(self) -> int:
+        return sum(tensor.numel() * tensor.element_size() for tensor in self.tensors.values())
+
+    def stored_nbytes(self) -> int:
+        return sum(size for _, size in self.encoding_plan().values())
+
+    def numel(self) -> int:
+        return sum(tensor.numel() for tensor in self.tensors.values())
+
+    def count_nonzero(self) -> int:
+        return sum(int(torch.count_nonzero(tensor)) for tensor in self.tensors.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"NegationVector({len(self.tensors)} tensors, {self.count_nonzero():,}/{self.numel():,} non-zero, "
+            f"λ={self.scale}, base_model={self.base_model!r})"
+        )
+
+    # -- persistence ---------------------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        from .. import __version__
+
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "base_model": self.base_model,
+            "scale": self.scale,
+            "method": self.method,
+            "apply": "theta = theta_0 - scale * tau",
+            "key_space": "checkpoint",
+            "negmerge_config": self.config.to_dict() if self.config is not None else None,
+            "num_tensors": len(self.tensors),
+            "numel": self.numel(),
+            "nonzero": self.count_nonzero(),
+            "dense_bytes": self.dense_nbytes(),
+            "stored_bytes": self.stored_nbytes(),
+            "metadata": self.metadata,
+            "hf_negmerge_version": __version__,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `negation_vector.safetensors` and `negation_vector_config.json` into `directory`.
+
+        Each file is written atomically; other files in the folder (e.g. a model) are left alone.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        parts: dict[str, torch.Tensor] = {}
+        layout: dict[str, dict[str, Any]] = {}
+        for key, tensor in self.tensors.items():
+            name, _ = choose_encoding(tensor)
+            for part, value in ENCODINGS[name].encode(tensor.reshape(-1)).items():
+                parts[f"{key}{_PART_SEPARATOR}{part}"] = value
+            layout[key] = {"encoding": name, "shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype)}
+        header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tensors": layout}
+        save_safetensors(
+            parts, directory / WEIGHTS_NAME, metadata={_HEADER_KEY: json.dumps(header, sort_keys=True)}
+        )
+        atomic_write_text(
+            directory / CONFIG_NAME, json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n"
+        )
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, repo_id_or_dir: str | Path, revision: str | None = None, token: str | bool | None = None
+    ) -> NegationVector:
+        """Load from a local folder or a Hub repo id (downloads only the two artifact files)."""
+        folder = resolve_folder(
+            repo_id_or_dir, revision=revision, token=token, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME]
+        )
+        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise CheckpointError(
+                    f"{repo_id_or_dir} has no {path.name}; it does not hold a NegationVector."
+                )
+        try:
+            values = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{config_path} is not valid JSON: {error}") from error
+        _check_format(values, config_path)
+        tensors = _read_tensors(weights_path)
+        config = values.get("negmerge_config")
+        return cls(
+            tensors,
+            scale=values.get("scale"),
+            base_model=values.get("base_model"),
+            method=values.get("method", "negmerge"),
+            config=NegMergeConfig.from_dict(config) if config is not None else None,
+            metadata=values.get("metadata") or {},
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool = False,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        token: str | bool | None = None,
+    ) -> str:
+        """Upload the two artifact files to `repo_id` (created if needed); returns the commit URL."""
+        with tempfile.TemporaryDirectory(prefix="negation-vector-") as staging:
+            self.save_pretrained(staging)
+            return upload_folder_to_repo(
+                staging,
+                repo_id,
+                private=private,
+                revision=revision,
+                token=token,
+                commit_message=commit_message or f"Upload NegMerge negation vector (λ={self.scale})",
+            )
+
+
+def _check_format(values: Any, source: Path) -> None:
+    if not isinstance(values, dict) or values.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{source} is not a {FORMAT_NAME} file (format={values.get('format')!r}).")
+    version = values.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source} has format_version={version!r}; this hf-negmerge reads versions ≤ {FORMAT_VERSION}. "
+            "Upgrade hf-negmerge."
+        )
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = json.loads((handle.metadata() or {}).get(_HEADER_KEY, "null"))
+            _check_format(header, path)
+            stored = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no iter)
+    except (OSError, ValueError, json.JSONDecodeError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{path} cannot be read as a negation vector: {error}") from error
+    tensors: dict[str, torch.Tensor] = {}
+    for key, entry in header["tensors"].items():
+        encoding = ENCODINGS.get(entry.get("encoding"))
+        dtype = _DTYPES.get(entry.get("dtype"))
+        if encoding is None or dtype is None:
+            raise CheckpointError(
+                f"{path}: tensor '{key}' has unknown encoding {entry.get('encoding')!r} or dtype {entry.get('dtype')!r}."
+            )
+        shape = tuple(int(size) for size in entry["shape"])
+        numel = math.prod(shape)
+        parts = {
+            part: stored[f"{key}{_PART_SEPARATOR}{part}"]
+            for part in _PART_NAMES
+            if f"{key}{_PART_SEPARATOR}{part}" in stored
+        }
+        try:
+            flat = encoding.decode(parts, numel, dtype)
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise CheckpointError(
+                f"{path}: tensor '{key}' ({encoding.name} encoding) is corrupt: {error}"
+            ) from error
+        if flat.numel() != numel or flat.dtype != dtype:
+            raise CheckpointError(
+                f"{path}: tensor '{key}' decodes to {flat.numel()} {flat.dtype} values, expected {numel} {dtype}."
+            )
+        tensors[key] = flat.reshape(shape)
+    return tensors
