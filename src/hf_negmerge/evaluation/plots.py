@@ -1,0 +1,146 @@
+"""Figures for the report: the λ trade-off per method and the sign-consensus survival per layer.
+
+Figures are drawn on the Agg canvas directly (no pyplot state, no display needed) and written
+through a temporary file, so a crash never leaves a half-written PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..checkpoints import atomic_write_bytes
+from ..lambda_search import LambdaPoint, LambdaSelection
+
+_LAYER_INDEX = re.compile(r"^(.*?\.\d+)(?:\.|$)")
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Render `figure` to PNG bytes in memory, then write them atomically."""
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def plot_lambda_curves(
+    curves: Mapping[str, LambdaSelection | Sequence[LambdaPoint]],
+    path: str | Path,
+    title: str = "Forget vs retain accuracy along λ",
+) -> Path:
+    """One line per method through its (retain, forget) validation accuracies, ordered by λ.
+
+    A `LambdaSelection` also marks its chosen λ (star, annotated) and its retain threshold
+    (dashed vertical line). The right panel shows both accuracies against λ.
+    """
+    if not curves:
+        raise ValueError("No λ curves to plot.")
+    figure = Figure(figsize=(11, 4.5))
+    tradeoff, along = figure.subplots(1, 2)
+    for index, (method, curve) in enumerate(curves.items()):
+        selection = curve if isinstance(curve, LambdaSelection) else None
+        points = sorted(selection.curve if selection else curve, key=lambda point: point.scale)
+        if not points:
+            raise ValueError(f"The λ curve of {method!r} is empty.")
+        color = f"C{index % 10}"
+        scales = [point.scale for point in points]
+        forget = [point.forget_accuracy for point in points]
+        retain = [point.retain_accuracy for point in points]
+        tradeoff.plot(retain, forget, marker="o", markersize=3, color=color, label=method)
+        along.plot(scales, forget, color=color, label=f"{method} forget")
+        along.plot(scales, retain, color=color, linestyle="--", label=f"{method} retain")
+        if selection is not None:
+            chosen = selection.point
+            tradeoff.scatter(
+                [chosen.retain_accuracy],
+                [chosen.forget_accuracy],
+                marker="*",
+                s=220,
+                color=color,
+                edgecolors="black",
+                zorder=5,
+            )
+            tradeoff.annotate(
+                f"λ={chosen.scale:g}",
+                (chosen.retain_accuracy, chosen.forget_accuracy),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=8,
+            )
+            tradeoff.axvline(selection.threshold, color=color, linestyle=":", linewidth=1)
+            along.axvline(chosen.scale, color=color, linestyle=":", linewidth=1)
+    tradeoff.set_xlabel("retain / control validation accuracy")
+    tradeoff.set_ylabel("forget validation accuracy")
+    tradeoff.set_title(title)
+    tradeoff.legend(fontsize=8)
+    along.set_xlabel("λ")
+    along.set_ylabel("accuracy")
+    along.set_title("Accuracy against λ (solid: forget, dashed: retain)")
+    along.legend(fontsize=7, ncol=2)
+    return save_figure(figure, path)
+
+
+def layer_group(tensor_name: str) -> str:
+    """The layer a tensor belongs to: the name up to its first numeric part
+    ("vision_model.encoder.layers.3.mlp.fc1.weight" -> "vision_model.encoder.layers.3"), else its
+    module without the parameter ("vision_model.embeddings.patch_embedding.weight" ->
+    "vision_model.embeddings.patch_embedding")."""
+    match = _LAYER_INDEX.match(tensor_name)
+    if match:
+        return match.group(1)
+    return tensor_name.rsplit(".", 1)[0] if "." in tensor_name else tensor_name
+
+
+def group_kept_fraction(
+    kept_fraction: Mapping[str, float], numel: Mapping[str, int] | None = None
+) -> dict[str, float]:
+    """Kept fraction per `layer_group`, in first-seen order.
+
+    With `numel` (elements per tensor) a group's fraction is kept elements / elements; without it,
+    the plain mean of its tensors' fractions.
+    """
+    totals: dict[str, list[float]] = {}
+    for name, fraction in kept_fraction.items():
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"kept fraction of {name!r} is {fraction}; it must be in [0, 1].")
+        if numel is not None and name not in numel:
+            raise KeyError(f"numel has no entry for tensor {name!r}.")
+        weight = float(numel[name]) if numel is not None else 1.0
+        kept, count = totals.setdefault(layer_group(name), [0.0, 0.0])
+        totals[layer_group(name)] = [kept + fraction * weight, count + weight]
+    return {group: (kept / count if count else 0.0) for group, (kept, count) in totals.items()}
+
+
+def plot_kept_fraction(
+    kept_fraction: Mapping[str, float],
+    path: str | Path,
+    numel: Mapping[str, int] | None = None,
+    title: str = "Elements kept by sign consensus, per layer",
+) -> Path:
+    """Bar chart of the fraction of task-vector elements kept in each layer (see `group_kept_fraction`)."""
+    if not kept_fraction:
+        raise ValueError("No kept fractions to plot.")
+    grouped = group_kept_fraction(kept_fraction, numel)
+    names = list(grouped)
+    figure = Figure(figsize=(max(6.0, 0.35 * len(names) + 2), 4.5))
+    axes = figure.subplots()
+    axes.bar(range(len(names)), [grouped[name] for name in names], color="C0")
+    weights = numel or dict.fromkeys(kept_fraction, 1)
+    overall = sum(kept_fraction[name] * weights[name] for name in kept_fraction) / sum(
+        weights[name] for name in kept_fraction
+    )
+    axes.axhline(overall, color="C3", linestyle="--", linewidth=1, label=f"overall {overall:.2%}")
+    axes.legend(fontsize=8)
+    axes.set_xticks(range(len(names)))
+    axes.set_xticklabels(names, rotation=75, ha="right", fontsize=7)
+    axes.set_ylabel("fraction of elements kept")
+    axes.set_ylim(0, max(1e-3, max(grouped.values()) * 1.1))
+    axes.set_title(title)
+    return save_figure(figure, path)
