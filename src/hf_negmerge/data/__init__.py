@@ -1,1 +1,61 @@
-"""data stage of hf-negmerge."""
+"""Data stage: built-in digits, image-dataset loading and validation, forgetting scenarios, batching."""
+
+from hf_negmerge.data.collate import ImageClassificationCollator, make_dataloader
+from hf_negmerge.data.digits import DIGITS_CLASS_NAMES, load_digits_dataset
+from hf_negmerge.data.loading import (
+    BUILTIN_DATASETS,
+    IMAGE_COLUMN,
+    LABEL_COLUMN,
+    SOURCE_KINDS,
+    check_images_decode,
+    check_labels_in_range,
+    class_names_of,
+    detect_source_kind,
+    hub_is_offline,
+    label_ids,
+    load_image_dataset,
+    require_class_names,
+    validate_image_dataset,
+)
+from hf_negmerge.data.scenarios import (
+    SCENARIOS,
+    SOURCE_INDEX_COLUMN,
+    DataConfig,
+    UnlearningData,
+    build_unlearning_data,
+    carve_validation,
+    random_subset_indices,
+    register_scenario,
+    resolve_forget_classes,
+    validation_size,
+)
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "DIGITS_CLASS_NAMES",
+    "IMAGE_COLUMN",
+    "LABEL_COLUMN",
+    "SCENARIOS",
+    "SOURCE_INDEX_COLUMN",
+    "SOURCE_KINDS",
+    "DataConfig",
+    "ImageClassificationCollator",
+    "UnlearningData",
+    "build_unlearning_data",
+    "carve_validation",
+    "check_images_decode",
+    "check_labels_in_range",
+    "class_names_of",
+    "detect_source_kind",
+    "hub_is_offline",
+    "label_ids",
+    "load_digits_dataset",
+    "load_image_dataset",
+    "make_dataloader",
+    "random_subset_indices",
+    "register_scenario",
+    "require_class_names",
+    "resolve_forget_classes",
+    "validate_image_dataset",
+    "validation_size",
+]

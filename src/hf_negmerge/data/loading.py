@@ -284,7 +284,7 @@ def _map_columns(dataset: datasets.Dataset, image_column: str, label_column: str
     return dataset
 
 
-def _label_array(dataset: datasets.Dataset) -> np.ndarray:
+def label_ids(dataset: datasets.Dataset) -> np.ndarray:
     """The label column as a numpy array, honouring any row selection on the dataset."""
     column = dataset.select_columns([LABEL_COLUMN]).with_format("arrow")[:][LABEL_COLUMN]
     if column.null_count:
@@ -309,7 +309,7 @@ def _resolve_class_labels(
         return dataset.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=list(class_names)))
     dtype = getattr(feature, "dtype", None)
     if dtype in ("string", "large_string"):
-        found = sorted({str(v) for v in _label_array(dataset)})
+        found = sorted({str(v) for v in label_ids(dataset)})
         names = list(class_names) if class_names is not None else found
         unknown = sorted(set(found) - set(names))
         if unknown:
@@ -358,7 +358,7 @@ def require_class_names(
 
 def check_labels_in_range(dataset: datasets.Dataset, num_classes: int, where: str = "dataset") -> None:
     """ConfigError naming the first row whose label is not in ``0 .. num_classes - 1``."""
-    labels = _label_array(dataset)
+    labels = label_ids(dataset)
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
         row = int(bad[0])
@@ -416,7 +416,7 @@ def validate_image_dataset(
     if names is not None:
         check_labels_in_range(dataset, len(names), where)
     else:
-        negative = np.flatnonzero(_label_array(dataset) < 0)
+        negative = np.flatnonzero(label_ids(dataset) < 0)
         if negative.size:
             raise ConfigError(f"{where}: label in row {int(negative[0])} is negative")
     if image_check_limit != 0:

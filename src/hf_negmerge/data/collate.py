@@ -1,0 +1,99 @@
+"""Batches for image classifiers: rows ``{image, label}`` -> ``{"pixel_values", "labels"}`` tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import PIL.Image
+import torch
+from torch.utils.data import DataLoader
+
+from hf_negmerge.data.loading import IMAGE_COLUMN, LABEL_COLUMN
+from hf_negmerge.errors import ConfigError
+
+ProcessorFn = Callable[[list[PIL.Image.Image]], torch.Tensor]
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ImageClassificationCollator:
+    """Preprocess a list of dataset rows into model inputs.
+
+    ``processor_fn`` maps a list of PIL images to a float tensor ``[B, C, H, W]`` (for example a
+    classifier's ``preprocess``); ``transform`` is an optional batched tensor augmentation (kornia)
+    applied after preprocessing, so it runs on whole batches instead of image by image.
+    ``image_mode`` converts every image first (``"RGB"`` lets grayscale data such as the built-in digits
+    feed RGB models; None leaves images untouched).
+    """
+
+    def __init__(
+        self,
+        processor_fn: ProcessorFn,
+        transform: BatchTransform | None = None,
+        image_mode: str | None = "RGB",
+        image_column: str = IMAGE_COLUMN,
+        label_column: str = LABEL_COLUMN,
+    ) -> None:
+        self.processor_fn = processor_fn
+        self.transform = transform
+        self.image_mode = image_mode
+        self.image_column = image_column
+        self.label_column = label_column
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not rows:
+            raise ConfigError("cannot collate an empty batch")
+        missing = [c for c in (self.image_column, self.label_column) if c not in rows[0]]
+        if missing:
+            raise ConfigError(f"batch rows lack column(s) {missing}; row columns: {sorted(rows[0])}")
+        images = [self._image(row[self.image_column]) for row in rows]
+        pixel_values = self.processor_fn(images)
+        self._check_pixels(pixel_values, len(rows), "processor_fn")
+        if self.transform is not None:
+            pixel_values = self.transform(pixel_values)
+            self._check_pixels(pixel_values, len(rows), "transform")
+        labels = torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long)
+        return {"pixel_values": pixel_values, "labels": labels}
+
+    def _image(self, image: Any) -> PIL.Image.Image:
+        if not isinstance(image, PIL.Image.Image):
+            raise ConfigError(
+                f"column {self.image_column!r} must hold decoded PIL images, got {type(image).__name__}"
+            )
+        if self.image_mode is not None and image.mode != self.image_mode:
+            return image.convert(self.image_mode)
+        return image
+
+    @staticmethod
+    def _check_pixels(pixels: Any, batch_size: int, producer: str) -> None:
+        if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point():
+            raise ConfigError(f"{producer} must return a float torch.Tensor, got {type(pixels).__name__}")
+        if pixels.ndim != 4 or pixels.shape[0] != batch_size:
+            raise ConfigError(
+                f"{producer} must return shape [B={batch_size}, C, H, W], got {tuple(pixels.shape)}"
+            )
+
+
+def make_dataloader(
+    dataset: torch.utils.data.Dataset,
+    collator: Callable[[list[Any]], dict[str, torch.Tensor]],
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader whose shuffling order depends only on ``seed`` (its own torch.Generator)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if len(dataset) == 0:
+        raise ConfigError("cannot build a DataLoader over an empty dataset")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collator,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+    )

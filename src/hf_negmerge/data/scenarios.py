@@ -1,0 +1,445 @@
+"""Forgetting scenarios: turn a dataset (and an optional control dataset) into forget / retain / control splits.
+
+Three scenarios, chosen by name from :data:`SCENARIOS`:
+
+- ``"dataset"``: the paper's CLIP setting, forget a whole dataset and watch a control dataset (ImageNet);
+- ``"class"``: forget some classes of a dataset, keep the rest;
+- ``"random"``: the paper's standard setting, forget a random fraction of the training samples.
+
+Every split is deterministic given ``DataConfig.seed``. See docs/data.md for the exact rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from hf_negmerge.data.loading import (
+    DEFAULT_IMAGE_CHECK_LIMIT,
+    class_names_of,
+    label_ids,
+    load_image_dataset,
+    validate_image_dataset,
+)
+from hf_negmerge.errors import ConfigError
+
+SOURCE_INDEX_COLUMN = "source_index"
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is split into what to forget and what to keep."""
+
+    dataset: Any = field(
+        default="digits",
+        metadata={
+            "help": "Forget dataset: 'digits', a Hub id, an image folder, parquet file(s) or a save_to_disk folder."
+        },
+    )
+    scenario: str = field(
+        default="random",
+        metadata={"help": "What to forget: 'dataset', 'class' or 'random' (see docs/data.md)."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split the model was trained on."})
+    test_split: str = field(default="test", metadata={"help": "Held-out split for reported accuracies."})
+    validation_split: str | None = field(
+        default=None,
+        metadata={"help": "'dataset' scenario: a ready validation split; None carves one from train_split."},
+    )
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the class ids or names."})
+    class_names: list[str] | None = field(
+        default=None, metadata={"help": "Names of the label ids; None reads them from a ClassLabel feature."}
+    )
+    forget_classes: list[int | str] | None = field(
+        default=None, metadata={"help": "'class' scenario: class ids or names to forget."}
+    )
+    forget_fraction: float = field(
+        default=0.1, metadata={"help": "'random' scenario: fraction of train_split to forget (paper: 0.1)."}
+    )
+    control_dataset: Any = field(
+        default=None,
+        metadata={
+            "help": "Control dataset (paper: ImageNet); required by the 'dataset' scenario, optional otherwise."
+        },
+    )
+    control_train_split: str = field(
+        default="train", metadata={"help": "Control split to carve validation from."}
+    )
+    control_test_split: str = field(default="test", metadata={"help": "Control split for reported accuracy."})
+    control_validation_split: str | None = field(
+        default=None,
+        metadata={"help": "A ready control validation split; None carves one from control_train_split."},
+    )
+    control_image_column: str = field(
+        default="image", metadata={"help": "Image column of the control dataset."}
+    )
+    control_label_column: str = field(
+        default="label", metadata={"help": "Label column of the control dataset."}
+    )
+    control_class_names: list[str] | None = field(
+        default=None, metadata={"help": "Class names of the control dataset (None: from its ClassLabel)."}
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Fraction of a pool carved out as validation (authors: 0.1)."}
+    )
+    validation_max: int = field(
+        default=5000, metadata={"help": "Cap on a carved validation split (authors: 5000)."}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seeds every random choice (forget subset, carves, caps)."}
+    )
+    max_samples: int | None = field(
+        default=None, metadata={"help": "Keep at most this many rows of each loaded split (tiny runs)."}
+    )
+    image_check_limit: int | None = field(
+        default=DEFAULT_IMAGE_CHECK_LIMIT,
+        metadata={"help": "Decode this many images per split up front (None: all, 0: none)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ConfigError(f"DataConfig.scenario={self.scenario!r} is not one of {sorted(SCENARIOS)}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigError(f"DataConfig.validation_fraction={self.validation_fraction} must be in (0, 1)")
+        if self.validation_max < 1:
+            raise ConfigError(f"DataConfig.validation_max={self.validation_max} must be at least 1")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"DataConfig.max_samples={self.max_samples} must be at least 1 (or None)")
+        if self.image_check_limit is not None and self.image_check_limit < 0:
+            raise ConfigError(f"DataConfig.image_check_limit={self.image_check_limit} must be >= 0 (or None)")
+        if isinstance(self.forget_classes, (int, str)):
+            self.forget_classes = [self.forget_classes]
+        if self.forget_classes is not None:
+            self.forget_classes = list(self.forget_classes)
+        if (self.scenario == "class") != (self.forget_classes is not None):
+            raise ConfigError(
+                "DataConfig.forget_classes must be given for scenario 'class' and only for it "
+                f"(scenario={self.scenario!r}, forget_classes={self.forget_classes!r})"
+            )
+        if self.scenario == "class" and not self.forget_classes:
+            raise ConfigError("DataConfig.forget_classes is empty; name at least one class to forget")
+        if self.scenario == "random" and not 0.0 < self.forget_fraction < 1.0:
+            raise ConfigError(f"DataConfig.forget_fraction={self.forget_fraction} must be in (0, 1)")
+        if self.scenario == "dataset" and self.control_dataset is None:
+            raise ConfigError(
+                "scenario 'dataset' needs DataConfig.control_dataset: λ is chosen under a control-accuracy "
+                "constraint (the paper uses ImageNet)"
+            )
+        for name in ("class_names", "control_class_names"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, [str(item) for item in value])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown DataConfig key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class UnlearningData:
+    """Every split one unlearning run needs; a field is None when the scenario has no such split."""
+
+    scenario: str
+    class_names: list[str] | None  # classes of the forget dataset; None when labels are unnamed ids
+    num_classes: int
+    forget_train: datasets.Dataset  # what the fine-tuning grid trains on
+    forget_val: datasets.Dataset  # λ selection
+    forget_test: datasets.Dataset  # reported forget accuracy
+    retain_train: datasets.Dataset | None = None  # retraining from scratch; MIA members
+    retain_val: datasets.Dataset | None = None  # λ-selection constraint (class / random)
+    retain_test: datasets.Dataset | None = None  # reported retain accuracy
+    test: datasets.Dataset | None = None  # held-out test split (TA)
+    control_val: datasets.Dataset | None = None  # λ-selection constraint ('dataset' scenario)
+    control_test: datasets.Dataset | None = None  # reported control accuracy
+    control_class_names: list[str] | None = None
+    forget_classes: list[int] | None = None  # 'class' scenario: the forgotten class ids
+
+    SPLIT_NAMES = (
+        "forget_train",
+        "forget_val",
+        "forget_test",
+        "retain_train",
+        "retain_val",
+        "retain_test",
+        "test",
+        "control_val",
+        "control_test",
+    )
+
+    def splits(self) -> dict[str, datasets.Dataset]:
+        """The splits this scenario has, by name."""
+        return {name: getattr(self, name) for name in self.SPLIT_NAMES if getattr(self, name) is not None}
+
+    def summary(self) -> dict[str, Any]:
+        """Sizes and classes, JSON-friendly, for plans and reports."""
+        summary: dict[str, Any] = {
+            "scenario": self.scenario,
+            "num_classes": self.num_classes,
+            "sizes": {name: len(split) for name, split in self.splits().items()},
+        }
+        if self.forget_classes is not None:
+            names = self.class_names
+            summary["forget_classes"] = [names[i] if names else i for i in self.forget_classes]
+        if self.control_class_names is not None:
+            summary["control_num_classes"] = len(self.control_class_names)
+        return summary
+
+
+# --------------------------------------------------------------------------- deterministic subsets
+
+
+def _permutation(n: int, seed: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def validation_size(num_rows: int, fraction: float, maximum: int) -> int:
+    """The authors' rule: ``min(int(num_rows * fraction), maximum)``."""
+    return min(int(num_rows * fraction), maximum)
+
+
+def carve_validation(
+    dataset: datasets.Dataset, fraction: float, maximum: int, seed: int, where: str = "dataset"
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split ``dataset`` into (rest, validation) with :func:`validation_size` validation rows.
+
+    Membership equals the authors' ``torch.utils.data.random_split(ds, [rest, val],
+    generator=torch.Generator().manual_seed(seed))``; rows keep their original order inside each part.
+    """
+    total = len(dataset)
+    size = validation_size(total, fraction, maximum)
+    if size < 1 or size >= total:
+        raise ConfigError(
+            f"{where} has {total} rows: too few to carve a validation split of {fraction:.0%} "
+            f"(at most {maximum}) that leaves rows on both sides"
+        )
+    order = _permutation(total, seed)
+    return dataset.select(sorted(order[: total - size])), dataset.select(sorted(order[total - size :]))
+
+
+def random_subset_indices(num_rows: int, size: int, seed: int) -> list[int]:
+    """``size`` distinct row indices drawn uniformly with ``seed``, in ascending order."""
+    return sorted(_permutation(num_rows, seed)[:size])
+
+
+def _cap(dataset: datasets.Dataset, max_samples: int | None, seed: int) -> datasets.Dataset:
+    # A random subset, not the first rows: many datasets are sorted by class.
+    if max_samples is None or len(dataset) <= max_samples:
+        return dataset
+    return dataset.select(random_subset_indices(len(dataset), max_samples, seed))
+
+
+def _rows_where(dataset: datasets.Dataset, mask: np.ndarray) -> datasets.Dataset:
+    return dataset.select(np.flatnonzero(mask).tolist())
+
+
+# --------------------------------------------------------------------------- loading the pieces
+
+
+@dataclass
+class _Source:
+    """One dataset's settings, so the forget and control datasets load through the same code."""
+
+    source: Any
+    image_column: str
+    label_column: str
+    class_names: list[str] | None
+    role: str
+
+
+def _load_split(config: DataConfig, source: _Source, split: str) -> datasets.Dataset:
+    dataset = load_image_dataset(
+        source.source,
+        split=split,
+        image_column=source.image_column,
+        label_column=source.label_column,
+        class_names=source.class_names,
+        validate=False,  # validated below, after capping, so tiny runs stay cheap
+    )
+    where = f"{source.role} dataset {str(source.source)!r} split {split!r}"
+    if SOURCE_INDEX_COLUMN not in dataset.column_names:
+        dataset = dataset.add_column(SOURCE_INDEX_COLUMN, np.arange(len(dataset), dtype=np.int64))
+    dataset = _cap(dataset, config.max_samples, config.seed)
+    validate_image_dataset(dataset, where, config.image_check_limit)
+    return dataset
+
+
+def _class_names_agree(parts: dict[str, datasets.Dataset], role: str) -> list[str] | None:
+    per_split = {split: class_names_of(part) for split, part in parts.items()}
+    if len({tuple(names) if names is not None else None for names in per_split.values()}) > 1:
+        raise ConfigError(f"the {role} dataset's splits disagree on the class names: {per_split}")
+    return next(iter(per_split.values()))
+
+
+def _num_classes(class_names: list[str] | None, *parts: datasets.Dataset) -> int:
+    if class_names is not None:
+        return len(class_names)
+    return int(max(int(label_ids(part).max()) for part in parts)) + 1
+
+
+def resolve_forget_classes(
+    requested: Sequence[int | str], class_names: list[str] | None, num_classes: int
+) -> list[int]:
+    """Class ids (sorted, unique) for ids or names; ConfigError names anything unknown."""
+    resolved: set[int] = set()
+    for item in requested:
+        if isinstance(item, str) and class_names is not None and item in class_names:
+            resolved.add(class_names.index(item))
+        elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            if not 0 <= item < num_classes:
+                raise ConfigError(f"forget class id {item} is outside 0..{num_classes - 1}")
+            resolved.add(int(item))
+        else:
+            known = class_names if class_names is not None else f"ids 0..{num_classes - 1} (no class names)"
+            raise ConfigError(f"forget class {item!r} is not a known class; known classes: {known}")
+    return sorted(resolved)
+
+
+def _control_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset, list[str] | None]:
+    control = _Source(
+        config.control_dataset,
+        config.control_image_column,
+        config.control_label_column,
+        config.control_class_names,
+        "control",
+    )
+    test = _load_split(config, control, config.control_test_split)
+    if config.control_validation_split is not None:
+        val = _load_split(config, control, config.control_validation_split)
+    else:
+        train = _load_split(config, control, config.control_train_split)
+        _, val = carve_validation(
+            train, config.validation_fraction, config.validation_max, config.seed, "control train split"
+        )
+    return val, test, _class_names_agree({"val": val, "test": test}, "control")
+
+
+# --------------------------------------------------------------------------- scenarios
+
+ScenarioBuilder = Callable[[DataConfig, datasets.Dataset, datasets.Dataset], dict[str, Any]]
+SCENARIOS: dict[str, ScenarioBuilder] = {}
+
+
+def register_scenario(name: str) -> Callable[[ScenarioBuilder], ScenarioBuilder]:
+    """Add a scenario: a function (config, train, test) -> UnlearningData fields."""
+
+    def register(builder: ScenarioBuilder) -> ScenarioBuilder:
+        SCENARIOS[name] = builder
+        return builder
+
+    return register
+
+
+@register_scenario("dataset")
+def _dataset_scenario(config: DataConfig, train: datasets.Dataset, test: datasets.Dataset) -> dict[str, Any]:
+    """Forget the whole dataset; validation is carved from train (10%, ≤5000) unless a split is given."""
+    if config.validation_split is not None:
+        forget_train = train
+        forget_val = _load_split(config, _forget_source(config), config.validation_split)
+    else:
+        forget_train, forget_val = carve_validation(
+            train, config.validation_fraction, config.validation_max, config.seed, "forget train split"
+        )
+    return {"forget_train": forget_train, "forget_val": forget_val, "forget_test": test}
+
+
+@register_scenario("class")
+def _class_scenario(config: DataConfig, train: datasets.Dataset, test: datasets.Dataset) -> dict[str, Any]:
+    """Forget some classes: forget_* hold their rows, retain_* the other classes' rows."""
+    class_names = class_names_of(train)
+    forget = resolve_forget_classes(
+        config.forget_classes, class_names, _num_classes(class_names, train, test)
+    )
+    in_train = np.isin(label_ids(train), forget)
+    in_test = np.isin(label_ids(test), forget)
+    name_of = (lambda i: class_names[i]) if class_names else str
+    for class_id in forget:
+        if not np.any(label_ids(train) == class_id):
+            raise ConfigError(f"forget class {name_of(class_id)!r} has no rows in the train split")
+    if in_train.all():
+        raise ConfigError("every train row belongs to a forget class: nothing is left to retain")
+    forget_pool, retain_pool = _rows_where(train, in_train), _rows_where(train, ~in_train)
+    forget_train, forget_val = carve_validation(
+        forget_pool, config.validation_fraction, config.validation_max, config.seed, "forget-class train rows"
+    )
+    _, retain_val = carve_validation(
+        retain_pool, config.validation_fraction, config.validation_max, config.seed, "retain-class train rows"
+    )
+    return {
+        "forget_train": forget_train,
+        "forget_val": forget_val,
+        "forget_test": _rows_where(test, in_test),
+        "retain_train": retain_pool,
+        "retain_val": retain_val,
+        "retain_test": _rows_where(test, ~in_test),
+        "test": test,
+        "forget_classes": forget,
+    }
+
+
+@register_scenario("random")
+def _random_scenario(config: DataConfig, train: datasets.Dataset, test: datasets.Dataset) -> dict[str, Any]:
+    """Forget a random ``forget_fraction`` of train; accuracies on the forgotten samples themselves."""
+    total = len(train)
+    size = int(total * config.forget_fraction)
+    if size < 1 or size >= total:
+        raise ConfigError(
+            f"forget_fraction={config.forget_fraction} of the {total} train rows leaves an empty forget or "
+            "retain set"
+        )
+    chosen = np.zeros(total, dtype=bool)
+    chosen[random_subset_indices(total, size, config.seed)] = True
+    forget_set, retain_set = _rows_where(train, chosen), _rows_where(train, ~chosen)
+    _, forget_val = carve_validation(
+        forget_set, config.validation_fraction, config.validation_max, config.seed, "forget set"
+    )
+    _, retain_val = carve_validation(
+        retain_set, config.validation_fraction, config.validation_max, config.seed, "retain set"
+    )
+    return {
+        "forget_train": forget_set,
+        "forget_val": forget_val,
+        "forget_test": forget_set,
+        "retain_train": retain_set,
+        "retain_val": retain_val,
+        "retain_test": retain_set,
+        "test": test,
+    }
+
+
+def _forget_source(config: DataConfig) -> _Source:
+    return _Source(config.dataset, config.image_column, config.label_column, config.class_names, "forget")
+
+
+def build_unlearning_data(config: DataConfig) -> UnlearningData:
+    """Load, validate and split the data of one unlearning run (deterministic given ``config.seed``)."""
+    source = _forget_source(config)
+    train = _load_split(config, source, config.train_split)
+    test = _load_split(config, source, config.test_split)
+    class_names = _class_names_agree({config.train_split: train, config.test_split: test}, "forget")
+    fields = SCENARIOS[config.scenario](config, train, test)
+    if config.control_dataset is not None:
+        fields["control_val"], fields["control_test"], fields["control_class_names"] = _control_splits(config)
+    data = UnlearningData(
+        scenario=config.scenario,
+        class_names=class_names,
+        num_classes=_num_classes(class_names, train, test),
+        **fields,
+    )
+    for name, split in data.splits().items():
+        if len(split) == 0:
+            raise ConfigError(f"split {name!r} of scenario {config.scenario!r} is empty")
+    return data
