@@ -1,0 +1,347 @@
+"""Train the whole pool: one fine-tune per grid point, folded into a merge as each run finishes.
+
+Layout of `output_dir`:
+
+    grid.json                      the grid points of the latest call (ids + hyperparameters)
+    accumulator.safetensors        the merge's running state, incl. the ids already folded
+    merged_task_vector.safetensors the merge of every run (written at the end)
+    runs/<id>/params.json          the point's hyperparameters
+    runs/<id>/task_vector.safetensors   τ = θ_run − θ₀ (kept when keep_task_vectors)
+    runs/<id>/checkpoint/          the fine-tuned classifier (when keep_checkpoints)
+    runs/<id>/run.json             written last: the run finished
+
+A run folder is built in a temporary sibling and renamed into place, so a killed run leaves
+only a `.<id>.tmp-*` folder, removed on rerun. The accumulator records the ids it has folded
+and is saved after every fold, so a rerun skips finished points and never folds one twice.
+
+With K processes (`accelerate launch`), `shard=True` gives each process its share of the
+points to train alone; then the main process folds every new task vector in sorted-id order.
+`shard=False` trains every point in turn with DDP across all processes (one big run at a time).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..checkpoints import atomic_output_dir, atomic_write_text
+from ..config import NegMergeConfig
+from ..errors import CheckpointError, ConfigError
+from ..merging.accumulate import MergeAccumulator, MergeResult
+from ..task_vector import TaskVector
+from .grid import GridPoint, GridSpec, as_grid_points
+from .loop import finetune
+
+RUNS_DIR = "runs"
+GRID_FILE = "grid.json"
+ACCUMULATOR_FILE = "accumulator.safetensors"
+MERGED_FILE = "merged_task_vector.safetensors"
+PARAMS_FILE = "params.json"
+TASK_VECTOR_FILE = "task_vector.safetensors"
+CHECKPOINT_DIR = "checkpoint"
+RUN_RECORD_FILE = "run.json"
+
+
+@dataclass
+class GridResult:
+    """What a grid call produced; identical on every process."""
+
+    merge: MergeResult
+    output_dir: Path
+    run_ids: list[str]
+    trained: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+    @property
+    def task_vector(self) -> TaskVector:
+        return self.merge.task_vector
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.output_dir / RUNS_DIR / run_id
+
+
+@dataclass
+class _Plan:
+    """Decided once by the main process and broadcast, so every process acts on the same view."""
+
+    train: list[str]
+    fold_from_disk: list[str]
+    reused: list[str]
+
+
+class GridRunner:
+    """Fine-tune the original classifier once per grid point and merge the task vectors.
+
+    `base_classifier_dir`: a folder written by `ImageClassifier.save_pretrained` (the original
+    model θ₀); every run starts from a fresh load of it. `data`: an `UnlearningData` (its
+    `forget_train` is used) or a dataset with `image` and `label` columns.
+    """
+
+    def __init__(
+        self,
+        base_classifier_dir: str | Path,
+        data: Any,
+        grid_points: GridSpec | Sequence[GridPoint],
+        output_dir: str | Path,
+        merge_config: NegMergeConfig | None = None,
+        keep_task_vectors: bool = True,
+        keep_checkpoints: bool = False,
+        accelerator: Any | None = None,
+        shard: bool = True,
+        progress: bool = True,
+        teardown: bool | None = None,
+    ) -> None:
+        self.base_classifier_dir = Path(base_classifier_dir)
+        self.points = as_grid_points(grid_points)
+        self.output_dir = Path(output_dir)
+        self.merge_config = merge_config or NegMergeConfig()
+        self.keep_task_vectors = keep_task_vectors
+        self.keep_checkpoints = keep_checkpoints
+        self.shard = shard
+        self.progress = progress
+        self.forget_train = getattr(data, "forget_train", data)
+        precisions = sorted({p.hyperparameters.mixed_precision for p in self.points})
+        if len(precisions) > 1:
+            raise ConfigError(
+                f"Grid points use different mixed_precision values {precisions}; one accelerate state serves the "
+                "whole grid, so choose one."
+            )
+        if self.forget_train is None or len(self.forget_train) == 0:
+            raise ConfigError("The forget set (forget_train) is empty; there is nothing to fine-tune on.")
+        if not self.base_classifier_dir.is_dir():
+            raise CheckpointError(
+                f"Original classifier folder {self.base_classifier_dir} does not exist; "
+                "save one with ImageClassifier.save_pretrained or prepare_original_model."
+            )
+        self._owns_accelerator = accelerator is None
+        if accelerator is None:
+            from accelerate import Accelerator
+
+            accelerator = Accelerator(mixed_precision=precisions[0])
+        self.accelerator = accelerator
+        self.teardown = self._owns_accelerator if teardown is None else teardown
+        self.by_id = {point.id: point for point in self.points}
+
+    # -- public ----------------------------------------------------------------------------
+
+    def run(self) -> GridResult:
+        from ..models import ImageClassifier
+
+        base = ImageClassifier.from_pretrained(self.base_classifier_dir)
+        self._check_labels(base)
+        accelerator = self.accelerator
+        plan = self._plan() if accelerator.is_main_process else None
+        plan = _broadcast(accelerator, plan)
+
+        sharded = self.shard and accelerator.num_processes > 1
+        if sharded:
+            with accelerator.split_between_processes(plan.train) as mine:
+                my_ids = list(mine)
+        else:
+            my_ids = list(plan.train)
+        accumulator = self._load_accumulator() if accelerator.is_main_process else None
+        if accumulator is not None and plan.fold_from_disk and not sharded:
+            self._fold(accumulator, plan.fold_from_disk)
+
+        for run_id in tqdm(
+            my_ids, desc="grid", unit="run", disable=not (self.progress and accelerator.is_local_main_process)
+        ):
+            self._train_one(base, self.by_id[run_id], data_parallel=not sharded)
+            if not sharded:
+                if accelerator.is_main_process:
+                    self._fold(accumulator, [run_id])
+                accelerator.wait_for_everyone()
+
+        trained = _gather(accelerator, my_ids) if sharded else list(plan.train)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if sharded:
+                self._fold(accumulator, sorted(set(plan.fold_from_disk) | set(trained)))
+            merge = accumulator.result()
+            merge.task_vector.save(self.output_dir / MERGED_FILE)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            merge = MergeAccumulator.load(self.output_dir / ACCUMULATOR_FILE).result()
+        result = GridResult(
+            merge=merge,
+            output_dir=self.output_dir,
+            run_ids=[p.id for p in self.points],
+            trained=sorted(trained),
+            reused=plan.reused,
+        )
+        if self.teardown:
+            accelerator.end_training()
+        return result
+
+    # -- planning --------------------------------------------------------------------------
+
+    def _plan(self) -> _Plan:
+        runs = self.output_dir / RUNS_DIR
+        runs.mkdir(parents=True, exist_ok=True)
+        for stale in runs.glob(".*.tmp-*"):  # a run killed mid-way
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in runs.glob(".*.old-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        accumulator = self._load_accumulator()
+        folded = set(accumulator.run_ids)
+        unknown = sorted(folded - set(self.by_id))
+        if unknown:
+            raise ConfigError(
+                f"{self.output_dir / ACCUMULATOR_FILE} already holds run(s) {unknown} that are not in this grid; "
+                "their contributions cannot be removed. Use a new output_dir for a different grid."
+            )
+        atomic_write_text(
+            self.output_dir / GRID_FILE, json.dumps([p.to_dict() for p in self.points], indent=2) + "\n"
+        )
+        train, fold_from_disk, reused = [], [], []
+        for point in self.points:
+            run_dir = runs / point.id
+            finished = (run_dir / RUN_RECORD_FILE).is_file()
+            if point.id in folded and finished:
+                reused.append(point.id)
+            elif finished and (run_dir / TASK_VECTOR_FILE).is_file():
+                fold_from_disk.append(point.id)  # finished, then killed before the fold was saved
+                reused.append(point.id)
+            else:
+                if run_dir.exists():
+                    shutil.rmtree(run_dir)
+                train.append(point.id)
+        # A run folded but whose folder is gone would be folded twice if retrained.
+        lost = [run_id for run_id in train if run_id in folded]
+        if lost:
+            raise CheckpointError(
+                f"Run(s) {lost} were folded into {self.output_dir / ACCUMULATOR_FILE} but their folders under "
+                f"{runs} are missing; restore them or start a new output_dir."
+            )
+        return _Plan(train=train, fold_from_disk=fold_from_disk, reused=reused)
+
+    def _load_accumulator(self) -> MergeAccumulator:
+        path = self.output_dir / ACCUMULATOR_FILE
+        if not path.is_file():
+            return MergeAccumulator(self.merge_config)
+        accumulator = MergeAccumulator.load(path)
+        if accumulator.config.to_dict() != self.merge_config.to_dict():
+            raise ConfigError(
+                f"{path} was written with a different merge config ({accumulator.config.to_dict()}); "
+                "use the same NegMergeConfig to resume, or a new output_dir."
+            )
+        return accumulator
+
+    def _check_labels(self, base: Any) -> None:
+        class_names = getattr(base, "class_names", None)
+        if not class_names:
+            return
+        labels = self.forget_train["label"]
+        bad = sorted({int(label) for label in labels if not 0 <= int(label) < len(class_names)})
+        if bad:
+            raise ConfigError(
+                f"Forget-set label(s) {bad} are outside the original classifier's {len(class_names)} classes "
+                f"({self.base_classifier_dir})."
+            )
+
+    # -- one run ---------------------------------------------------------------------------
+
+    def _train_one(self, base: Any, point: GridPoint, data_parallel: bool) -> None:
+        from ..models import ImageClassifier, merge_lora
+
+        started = time.time()
+        hyperparameters = point.hyperparameters
+        classifier = ImageClassifier.from_pretrained(self.base_classifier_dir)
+        classifier = finetune(
+            classifier,
+            self.forget_train,
+            hyperparameters,
+            accelerator=self.accelerator,
+            progress=self.progress,
+            data_parallel=data_parallel,
+            description=point.id,
+        )
+        self.accelerator.free_memory()
+        classifier = classifier.cpu()
+        finetuned_model = merge_lora(classifier) if hyperparameters.uses_lora else classifier.model
+        task_vector = TaskVector.from_models(
+            base.model, finetuned_model, include=base.trainable_parameter_patterns()
+        )
+        if self.accelerator.is_main_process or not data_parallel:
+            self._write_run(point, classifier, task_vector, time.time() - started)
+
+    def _write_run(self, point: GridPoint, classifier: Any, task_vector: TaskVector, seconds: float) -> None:
+        run_dir = self.output_dir / RUNS_DIR / point.id
+        with atomic_output_dir(run_dir) as staging:
+            atomic_write_text(staging / PARAMS_FILE, json.dumps(point.to_dict(), indent=2) + "\n")
+            task_vector.save(staging / TASK_VECTOR_FILE)
+            if self.keep_checkpoints:
+                classifier.save_pretrained(staging / CHECKPOINT_DIR)
+            record = {
+                "id": point.id,
+                "seconds": round(seconds, 3),
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "num_examples": len(self.forget_train),
+                "process_index": self.accelerator.process_index,
+                "task_vector": {
+                    "tensors": len(task_vector),
+                    "numel": task_vector.numel(),
+                    "nonzero": task_vector.count_nonzero(),
+                    "norm": task_vector.norm(),
+                },
+            }
+            atomic_write_text(staging / RUN_RECORD_FILE, json.dumps(record, indent=2) + "\n")
+
+    def _fold(self, accumulator: MergeAccumulator, run_ids: Sequence[str]) -> None:
+        """Fold finished runs from their folders; state saved after each, files dropped if not kept."""
+        for run_id in run_ids:
+            path = self.output_dir / RUNS_DIR / run_id / TASK_VECTOR_FILE
+            accumulator.add(TaskVector.load(path), run_id=run_id)
+            accumulator.save(self.output_dir / ACCUMULATOR_FILE)
+            if not self.keep_task_vectors:
+                path.unlink()
+
+
+def run_grid(
+    base_classifier_dir: str | Path,
+    data: Any,
+    grid_points: GridSpec | Sequence[GridPoint],
+    output_dir: str | Path,
+    merge_config: NegMergeConfig | None = None,
+    keep_task_vectors: bool = True,
+    keep_checkpoints: bool = False,
+    accelerator: Any | None = None,
+    shard: bool = True,
+    progress: bool = True,
+    teardown: bool | None = None,
+) -> GridResult:
+    """Run (or resume) a grid and return the merge of every run; see `GridRunner`."""
+    return GridRunner(
+        base_classifier_dir,
+        data,
+        grid_points,
+        output_dir,
+        merge_config=merge_config,
+        keep_task_vectors=keep_task_vectors,
+        keep_checkpoints=keep_checkpoints,
+        accelerator=accelerator,
+        shard=shard,
+        progress=progress,
+        teardown=teardown,
+    ).run()
+
+
+def _broadcast(accelerator: Any, value: Any) -> Any:
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def _gather(accelerator: Any, values: list[str]) -> list[str]:
+    from accelerate.utils import gather_object
+
+    return list(gather_object(values))
