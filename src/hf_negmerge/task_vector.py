@@ -49,8 +49,8 @@ def check_compatible(
 ) -> None:
     if tuple(base_shape) != tuple(other_shape):
         raise CheckpointError(
-            f"Tensor '{key}' has shape {tuple(other_shape)} in {other} but {tuple(base_shape)} in the base "
-            f"{base}; the checkpoints do not share an architecture."
+            f"Tensor '{key}' has shape {tuple(other_shape)} in {other} but {tuple(base_shape)} in {base}; "
+            "the checkpoints do not share an architecture."
         )
 
 
