@@ -1,1 +1,27 @@
-"""models stage of hf-negmerge."""
+"""Image classifiers that NegMerge fine-tunes and merges: CLIP zero-shot and ViT, tiny or pretrained."""
+
+from .base import (
+    CLASSIFIER_METADATA_FILE,
+    CLASSIFIER_REGISTRY,
+    ImageClassifier,
+    build_classifier,
+    register_classifier,
+)
+from .clip import CLIPZeroShotClassifier
+from .config import DEFAULT_PROMPT_TEMPLATES, ModelConfig
+from .lora import apply_lora, merge_lora
+from .vit import ViTClassifier
+
+__all__ = [
+    "CLASSIFIER_METADATA_FILE",
+    "CLASSIFIER_REGISTRY",
+    "DEFAULT_PROMPT_TEMPLATES",
+    "CLIPZeroShotClassifier",
+    "ImageClassifier",
+    "ModelConfig",
+    "ViTClassifier",
+    "apply_lora",
+    "build_classifier",
+    "merge_lora",
+    "register_classifier",
+]

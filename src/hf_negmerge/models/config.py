@@ -1,0 +1,127 @@
+"""`ModelConfig`: which backbone to build or load, and which part of it is fine-tuned."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+# A small, generic subset of the CLIP paper's ImageNet prompt ensemble: enough to average out
+# the wording of a single prompt without making the head slow to build.
+DEFAULT_PROMPT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a blurry photo of a {}.",
+    "a close-up photo of a {}.",
+    "a bad photo of a {}.",
+    "a good photo of a {}.",
+)
+
+
+@dataclass
+class ModelConfig:
+    """What to build: architecture, weights source and the fine-tuning switches of the paper."""
+
+    architecture: str = field(
+        default="clip", metadata={"help": "Registered architecture name: 'clip' (zero-shot head) or 'vit'."}
+    )
+    name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or local folder of pretrained weights; None builds a tiny model from config."
+        },
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Input side in pixels. Tiny models: default 16; real models: taken from their processor."
+        },
+    )
+    tiny: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Overrides of the tiny config (hidden_size, num_hidden_layers, ...); name_or_path=None only."
+        },
+    )
+    prompt_templates: list[str] = field(
+        default_factory=lambda: list(DEFAULT_PROMPT_TEMPLATES),
+        metadata={"help": "CLIP zero-shot prompts; '{}' is replaced by the class name."},
+    )
+    freeze_attention: bool = field(
+        default=False,
+        metadata={
+            "help": "CLIP: freeze the visual attention projections (q/k/v/out), as the authors' code does."
+        },
+    )
+    train_projection: bool = field(
+        default=False,
+        metadata={"help": "CLIP: also fine-tune visual_projection (the image embedding projection)."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom code from the Hub repo. Off unless you trust the repo."},
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "Hub revision (branch, tag or commit) when name_or_path is a Hub id."}
+    )
+    init_seed: int = field(
+        default=0, metadata={"help": "Seed of the random initialisation of tiny models (reproducible θ₀)."}
+    )
+
+    def __post_init__(self) -> None:
+        from .base import CLASSIFIER_REGISTRY  # the registry imports this module
+
+        if self.architecture not in CLASSIFIER_REGISTRY:
+            raise ConfigError(
+                f"ModelConfig.architecture={self.architecture!r} is not registered; "
+                f"choose one of {sorted(CLASSIFIER_REGISTRY)}."
+            )
+        if self.name_or_path is not None and (
+            not isinstance(self.name_or_path, str) or not self.name_or_path
+        ):
+            raise ConfigError(
+                f"ModelConfig.name_or_path must be a non-empty string or None, got {self.name_or_path!r}."
+            )
+        if self.image_size is not None and (
+            isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size <= 0
+        ):
+            raise ConfigError(
+                f"ModelConfig.image_size must be a positive integer or None, got {self.image_size!r}."
+            )
+        if not isinstance(self.tiny, dict):
+            raise ConfigError(
+                f"ModelConfig.tiny must be a dict of config overrides, got {type(self.tiny).__name__}."
+            )
+        if self.tiny and self.name_or_path is not None:
+            raise ConfigError(
+                f"ModelConfig.tiny={self.tiny} only applies to tiny models (name_or_path=None), "
+                f"but name_or_path={self.name_or_path!r}."
+            )
+        if isinstance(self.prompt_templates, str) or not self.prompt_templates:
+            raise ConfigError(
+                "ModelConfig.prompt_templates must be a non-empty list of strings containing '{}'."
+            )
+        self.prompt_templates = list(self.prompt_templates)
+        for template in self.prompt_templates:
+            if not isinstance(template, str) or template.count("{}") != 1:
+                raise ConfigError(
+                    f"Prompt template {template!r} must be a string with exactly one '{{}}' for the class name."
+                )
+        for flag in ("freeze_attention", "train_projection", "trust_remote_code"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"ModelConfig.{flag} must be True or False, got {getattr(self, flag)!r}.")
+        if isinstance(self.init_seed, bool) or not isinstance(self.init_seed, int):
+            raise ConfigError(f"ModelConfig.init_seed must be an integer, got {self.init_seed!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Build from a plain dict (recipe YAML, saved JSON), naming any unknown key."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown ModelConfig key(s) {unknown}; known keys: {sorted(known)}.")
+        return cls(**values)
