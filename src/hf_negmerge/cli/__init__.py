@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "hf_negmerge.cli.merge",
         "Merge fine-tuned checkpoints into a task vector (and optionally unlearn).",
     ),
+    "push": ("hf_negmerge.cli.push", "Upload an unlearned model folder (with card and vector) to the Hub."),
 }
 
 

@@ -1,0 +1,546 @@
+"""Model cards for unlearned models, built with huggingface_hub's `ModelCard` / `ModelCardData`.
+
+The card's YAML carries what the Hub indexes: `base_model` with `base_model_relation: finetune`,
+tags, datasets, `library_name` and a `model-index` with the measured numbers (forget / retain /
+test / control accuracy, MIA-Efficacy where measured). The body says how the model was made
+(config, recipe, grid of runs, λ curve, consensus sparsity) and what it does not guarantee.
+
+Why `finetune`: the Hub accepts `adapter`, `merge`, `quantized` and `finetune`. The repo holds
+full weights (not an adapter), at full precision (not quantized), derived from exactly one
+published model by a gradient-trained weight change θ₀ − λ·τ; the fine-tuned runs that were
+merged into τ are not published models, so listing a single parent as a `merge` would mislead.
+
+Forget and retain results often come from the same dataset. The Hub merges model-index entries
+that share (task, dataset type, config, split, revision), so each role gets its own split label
+("test (forget set)") and dataset name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..checkpoints import atomic_write_text
+from ..config import NegMergeConfig
+from ..errors import ConfigError
+from ..evaluation.report import Column, format_value, markdown_table
+from ._connection import looks_like_repo_id
+
+CARD_NAME = "README.md"
+BASE_MODEL_RELATION = "finetune"
+DEFAULT_TAGS = ("machine-unlearning", "negmerge", "task-arithmetic", "model-merging", "hf-negmerge")
+ROLES = ("forget", "retain", "test", "control")
+PAPER_URL = "https://arxiv.org/abs/2410.05583"
+CITATION = """@InProceedings{kim2025negmerge,
+  title     = {{N}eg{M}erge: Sign-Consensual Weight Merging for Machine Unlearning},
+  author    = {Kim, Hyo Seo and Han, Dongyoon and Choe, Junsuk},
+  booktitle = {Proceedings of the 42nd International Conference on Machine Learning},
+  series    = {Proceedings of Machine Learning Research},
+  volume    = {267},
+  pages     = {30067--30085},
+  year      = {2025}
+}"""
+
+
+@dataclass(frozen=True)
+class ReportedMetric:
+    """How one key of `metrics.json` appears on the card: the set it was measured on and its type."""
+
+    key: str
+    role: str
+    metric_type: str
+    metric_name: str
+    direction: str  # what the unlearner wants: "lower", "higher" or "closer to retrain"
+
+
+#: The measured numbers the card reports, in display order (percentages, as the evaluation writes them).
+REPORTED_METRICS: dict[str, ReportedMetric] = {
+    metric.key: metric
+    for metric in (
+        ReportedMetric("forget_accuracy", "forget", "accuracy", "Forget accuracy", "lower"),
+        ReportedMetric("retain_accuracy", "retain", "accuracy", "Retain accuracy", "higher"),
+        ReportedMetric("test_accuracy", "test", "accuracy", "Test accuracy", "higher"),
+        ReportedMetric("control_accuracy", "control", "accuracy", "Control accuracy", "higher"),
+        ReportedMetric("mia_efficacy", "forget", "mia_efficacy", "MIA-Efficacy", "closer to retrain"),
+    )
+}
+
+
+@dataclass
+class DatasetRef:
+    """An evaluation set: a dataset (Hub id or local name), a split, and which subset of it."""
+
+    dataset: str = field(
+        metadata={"help": "Hub dataset id (e.g. 'uoft-cs/cifar10') or a local dataset name."}
+    )
+    split: str | None = field(default=None, metadata={"help": "Split the numbers were measured on."})
+    config: str | None = field(default=None, metadata={"help": "Dataset configuration name, if any."})
+    name: str | None = field(default=None, metadata={"help": "Human-readable dataset name."})
+    subset: str | None = field(default=None, metadata={"help": "Which part, e.g. 'class 3' or '10% random'."})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise ConfigError(f"DatasetRef.dataset must be a non-empty string, got {self.dataset!r}.")
+
+    @classmethod
+    def coerce(cls, value: DatasetRef | str | Mapping[str, Any], where: str) -> DatasetRef:
+        if isinstance(value, DatasetRef):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, Mapping):
+            known = {"dataset", "split", "config", "name", "subset"}
+            values = {("dataset" if key == "id" else key): item for key, item in value.items()}
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise ConfigError(f"{where}: unknown dataset key(s) {unknown}; use {sorted(known)}.")
+            return cls(**values)
+        raise ConfigError(f"{where}: expected a dataset id or a mapping, got {type(value).__name__}.")
+
+
+@dataclass
+class UnlearningCardData:
+    """Everything a card for an unlearned model reports. Only the first four fields are required."""
+
+    model_name: str = field(metadata={"help": "Name shown on the card and in the model-index."})
+    base_model: str | list[str] = field(metadata={"help": "Hub id of the original model θ₀ (or a list)."})
+    forget_set: DatasetRef = field(metadata={"help": "The data the model was made to forget."})
+    unlearned: dict[str, float] = field(
+        metadata={"help": "Measured numbers of the unlearned model, keys as in REPORTED_METRICS (percent)."}
+    )
+    scale: float | None = field(
+        default=None, metadata={"help": "The negation coefficient λ that was applied."}
+    )
+    original: dict[str, float] | None = field(
+        default=None, metadata={"help": "Same numbers for the original model."}
+    )
+    retain_set: DatasetRef | None = None
+    test_set: DatasetRef | None = None
+    control_set: DatasetRef | None = None
+    method: str = "negmerge"
+    scenario: str | None = field(
+        default=None, metadata={"help": "Forgetting scenario, e.g. 'class' or 'random'."}
+    )
+    config: NegMergeConfig | dict[str, Any] | None = None
+    recipe: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Recipe (mapping or YAML text)."}
+    )
+    grid: list[dict[str, Any]] | None = field(default=None, metadata={"help": "One row per fine-tuning run."})
+    lambda_curve: list[dict[str, Any]] | None = field(
+        default=None, metadata={"help": "Validation curve along λ."}
+    )
+    lambda_selection: dict[str, Any] | None = field(
+        default=None, metadata={"help": "How λ was chosen (qualified, reason, threshold)."}
+    )
+    kept_fraction: float | None = field(
+        default=None, metadata={"help": "Fraction (0–1) of task-vector elements kept by the sign consensus."}
+    )
+    comparison: list[dict[str, Any]] | None = field(
+        default=None, metadata={"help": "Rows of the method comparison."}
+    )
+    plots: list[str] = field(
+        default_factory=list, metadata={"help": "PNG paths relative to the card, λ curve first."}
+    )
+    task_type: str = "image-classification"
+    license: str | None = None
+    tags: list[str] = field(default_factory=list)
+    repo_id: str | None = field(
+        default=None, metadata={"help": "Where the card will live (for usage snippets)."}
+    )
+    negation_vector: bool = field(
+        default=False, metadata={"help": "Whether the repo also holds the sparse vector."}
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_name, str) or not self.model_name.strip():
+            raise ConfigError("UnlearningCardData.model_name is required (the model-index needs a name).")
+        parents = self.base_model if isinstance(self.base_model, list) else [self.base_model]
+        bad_parents = [
+            parent for parent in parents if not isinstance(parent, str) or not looks_like_repo_id(parent)
+        ]
+        if not parents or bad_parents:
+            raise ConfigError(
+                f"UnlearningCardData.base_model must be the Hub id(s) of the original model ('org/name'), "
+                f"got {bad_parents or self.base_model!r}; a local path cannot be linked from a card."
+            )
+        self.forget_set = DatasetRef.coerce(self.forget_set, "UnlearningCardData.forget_set")
+        for role in ("retain", "test", "control"):
+            value = getattr(self, f"{role}_set")
+            if value is not None:
+                setattr(self, f"{role}_set", DatasetRef.coerce(value, f"UnlearningCardData.{role}_set"))
+        for name in ("unlearned", "original"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            bad = {
+                key: value
+                for key, value in values.items()
+                if key in REPORTED_METRICS and not _is_number(value)
+            }
+            if bad:
+                raise ConfigError(f"UnlearningCardData.{name}: non-numeric metric value(s) {bad}.")
+        if not any(key in REPORTED_METRICS and _is_number(v) for key, v in self.unlearned.items()):
+            raise ConfigError(
+                f"UnlearningCardData.unlearned has none of the reported metrics {list(REPORTED_METRICS)}."
+            )
+        if self.scale is not None and not (_is_number(self.scale) and math.isfinite(self.scale)):
+            raise ConfigError(f"UnlearningCardData.scale={self.scale!r} must be a finite number.")
+        if self.kept_fraction is not None and not (
+            _is_number(self.kept_fraction) and 0 <= self.kept_fraction <= 1
+        ):
+            raise ConfigError(f"UnlearningCardData.kept_fraction={self.kept_fraction!r} must be in [0, 1].")
+
+    def dataset_for(self, role: str) -> DatasetRef | None:
+        return getattr(self, f"{role}_set")
+
+    @property
+    def config_dict(self) -> dict[str, Any] | None:
+        if isinstance(self.config, NegMergeConfig):
+            return self.config.to_dict()
+        return dict(self.config) if self.config is not None else None
+
+    @classmethod
+    def from_metrics_json(
+        cls, metrics: str | Path | Mapping[str, Any], model_name: str | None = None, **overrides: Any
+    ) -> UnlearningCardData:
+        """Adapter for the unlearning run's `metrics.json` (a path or the parsed dict).
+
+        Reads method, scale, base_model, forget/retain/test/control datasets (an id or a mapping
+        with dataset/split/config/name/subset), scenario, original, unlearned, lambda_curve,
+        selection, grid, kept_fraction, comparison. Missing optional parts are left out of the
+        card. Retain and test sets default to the forget set's dataset (subsets of one dataset in
+        the class/random scenarios) when their numbers are present. `overrides` win.
+        """
+        source = "metrics.json"
+        if not isinstance(metrics, Mapping):
+            source = str(metrics)
+            try:
+                metrics = json.loads(Path(metrics).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as error:
+                raise ConfigError(f"Cannot read {source}: {error}") from error
+            if not isinstance(metrics, Mapping):
+                raise ConfigError(f"{source} must hold a JSON object.")
+        values: dict[str, Any] = {}
+        forget = overrides.get("forget_set", metrics.get("forget_set", metrics.get("forget_dataset")))
+        if forget is None:
+            raise ConfigError(f"{source} names no forget dataset ('forget_dataset'); pass forget_set=...")
+        values["forget_set"] = DatasetRef.coerce(forget, f"{source}: forget_dataset")
+        unlearned = metrics.get("unlearned")
+        if not isinstance(unlearned, Mapping):
+            raise ConfigError(f"{source} has no 'unlearned' metrics mapping.")
+        values["unlearned"] = dict(unlearned)
+        for role in ("retain", "test", "control"):
+            ref = metrics.get(f"{role}_set", metrics.get(f"{role}_dataset"))
+            if ref is None and role != "control" and f"{role}_accuracy" in unlearned:
+                ref = DatasetRef(values["forget_set"].dataset, config=values["forget_set"].config)
+            if ref is not None:
+                values[f"{role}_set"] = DatasetRef.coerce(ref, f"{source}: {role}_dataset")
+        base_model = metrics.get("base_model")
+        if base_model is not None:
+            values["base_model"] = base_model
+        for key in (
+            "scale",
+            "method",
+            "scenario",
+            "grid",
+            "kept_fraction",
+            "comparison",
+            "recipe",
+            "license",
+        ):
+            if metrics.get(key) is not None:
+                values[key] = metrics[key]
+        if isinstance(metrics.get("original"), Mapping):
+            values["original"] = dict(metrics["original"])
+        if metrics.get("lambda_curve"):
+            values["lambda_curve"] = [dict(point) for point in metrics["lambda_curve"]]
+        selection = metrics.get("selection", metrics.get("lambda_selection"))
+        if isinstance(selection, Mapping):
+            values["lambda_selection"] = {key: item for key, item in selection.items() if key != "curve"}
+        if isinstance(metrics.get("config"), Mapping):
+            values["config"] = dict(metrics["config"])
+        values.update(overrides)
+        if "base_model" not in values:
+            raise ConfigError(f"{source} names no base_model; pass base_model=...")
+        if model_name is None:
+            model_name = str(values.get("repo_id") or f"{_short(values['base_model'])}-negmerge-unlearned")
+            model_name = model_name.split("/")[-1]
+        return cls(model_name=model_name, **values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _short(base_model: str | list[str]) -> str:
+    first = base_model[0] if isinstance(base_model, list) else base_model
+    return str(first).split("/")[-1]
+
+
+# -- metadata ------------------------------------------------------------------------------------------------
+def _split_label(ref: DatasetRef, role: str) -> str:
+    if role == "test":
+        return ref.split or "test"
+    return f"{ref.split} ({role} set)" if ref.split else f"{role} set"
+
+
+def eval_results(data: UnlearningCardData) -> list[EvalResult]:
+    """One `EvalResult` per measured metric whose evaluation set is known."""
+    results = []
+    for key, metric in REPORTED_METRICS.items():
+        value = data.unlearned.get(key)
+        ref = data.dataset_for(metric.role)
+        if not _is_number(value) or ref is None:
+            continue
+        label = ref.name or ref.dataset
+        subset = f", {ref.subset}" if ref.subset else ""
+        results.append(
+            EvalResult(
+                task_type=data.task_type,
+                dataset_type=ref.dataset,
+                dataset_name=f"{label} ({metric.role} set{subset})",
+                dataset_config=ref.config,
+                dataset_split=_split_label(ref, metric.role),
+                dataset_args={"role": metric.role, **({"subset": ref.subset} if ref.subset else {})},
+                metric_type=metric.metric_type,
+                metric_name=metric.metric_name,
+                metric_value=float(value),
+            )
+        )
+    return results
+
+
+def card_metadata(data: UnlearningCardData) -> ModelCardData:
+    datasets = []
+    for role in ROLES:
+        ref = data.dataset_for(role)
+        if ref is not None and ref.dataset not in datasets:
+            datasets.append(ref.dataset)
+    tags = [*DEFAULT_TAGS, *([f"unlearning-{data.scenario}"] if data.scenario else []), *data.tags]
+    results = eval_results(data)
+    return ModelCardData(
+        base_model=data.base_model,
+        base_model_relation=BASE_MODEL_RELATION,
+        library_name="transformers",
+        license=data.license,
+        pipeline_tag=data.task_type,
+        tags=list(dict.fromkeys(tags)),
+        datasets=datasets or None,
+        metrics=sorted({result.metric_type for result in results}) or None,
+        model_name=data.model_name,
+        eval_results=results or None,
+    )
+
+
+# -- body ----------------------------------------------------------------------------------------------------
+def _describe_set(ref: DatasetRef | None) -> str:
+    if ref is None:
+        return "—"
+    parts = [f"`{ref.dataset}`"]
+    if ref.config:
+        parts.append(f"config `{ref.config}`")
+    if ref.split:
+        parts.append(f"split `{ref.split}`")
+    if ref.subset:
+        parts.append(ref.subset)
+    return ", ".join(parts)
+
+
+_RESULT_COLUMNS = (
+    Column("metric", "metric"),
+    Column("measured on", "measured on"),
+    Column("original", "original", 2),
+    Column("unlearned", "unlearned", 2),
+    Column("change", "change", 2),
+    Column("wanted", "wanted"),
+)
+
+
+def _results_section(data: UnlearningCardData) -> list[str]:
+    rows = []
+    for key, metric in REPORTED_METRICS.items():
+        value = data.unlearned.get(key)
+        if not _is_number(value):
+            continue
+        before = (data.original or {}).get(key)
+        row: dict[str, Any] = {
+            "metric": metric.metric_name,
+            "measured on": f"{metric.role} set",
+            "original": float(before) if _is_number(before) else None,
+            "unlearned": float(value),
+            "change": float(value) - float(before) if _is_number(before) else None,
+            "wanted": metric.direction,
+        }
+        rows.append(row)
+    lines = ["## Results", ""]
+    lines.append("Percentages as measured by hf-negmerge's evaluation (test-split numbers at the chosen λ).")
+    lines += ["", markdown_table(rows, _RESULT_COLUMNS), ""]
+    lines += ["| set | data |", "|---|---|"]
+    lines += [
+        f"| {role} | {_describe_set(data.dataset_for(role))} |" for role in ROLES if data.dataset_for(role)
+    ]
+    lines.append("")
+    return lines
+
+
+def _method_section(data: UnlearningCardData) -> list[str]:
+    lambda_text = f"λ = {format_value(data.scale, 2)}" if data.scale is not None else "λ (not recorded)"
+    runs = len(data.grid) if data.grid else None
+    lines = ["## How it was made", ""]
+    lines.append(
+        f"Method: **{data.method}** ([NegMerge, ICML 2025]({PAPER_URL})). "
+        + (f"{runs} copies" if runs else "Several copies")
+        + " of the base model were fine-tuned **on the forget set only**, each with different "
+        "hyperparameters. Their task vectors τₖ = θₖ − θ₀ were merged by sign consensus (an element is "
+        "kept only where the runs agree in sign; its value is the mean), and the merged vector was "
+        f"negated: θ = θ₀ − λ·τ with {lambda_text}."
+    )
+    lines.append("")
+    if data.kept_fraction is not None:
+        lines.append(
+            f"Consensus sparsity: {100 * data.kept_fraction:.2f}% of the task-vector elements survived the "
+            f"consensus ({100 * (1 - data.kept_fraction):.2f}% are exactly zero), so only those weights differ "
+            "from the base model."
+        )
+        lines.append("")
+    selection = data.lambda_selection or {}
+    if selection:
+        qualified = selection.get("qualified")
+        reason = selection.get("reason")
+        text = "λ was chosen on validation data"
+        if qualified is False:
+            text += " by the **fallback rule**: no λ kept retain accuracy above the threshold"
+        if reason:
+            text += f" ({reason})"
+        lines += [text + ".", ""]
+    config = data.config_dict
+    if config is not None:
+        # Flow style keeps the 21-point λ grid on one line; the same values are in negmerge_config.json.
+        text = yaml.safe_dump(config, sort_keys=True, default_flow_style=None, allow_unicode=True, width=100)
+        lines += ["### Configuration (`negmerge_config.json`)", "", "```yaml", text.rstrip(), "```", ""]
+    if data.recipe is not None:
+        recipe = data.recipe if isinstance(data.recipe, str) else yaml.safe_dump(data.recipe, sort_keys=False)
+        lines += ["### Recipe", "", "```yaml", recipe.rstrip(), "```", ""]
+    if data.grid:
+        lines += ["### Fine-tuning runs", "", markdown_table(data.grid), ""]
+    if data.lambda_curve or data.plots:
+        lines += ["### λ curve", ""]
+        lines += [f"![{Path(plot).stem}]({Path(plot).as_posix()})" for plot in data.plots]
+        if data.plots:
+            lines.append("")
+        if data.lambda_curve:
+            lines += [markdown_table(data.lambda_curve), ""]
+    if data.comparison:
+        lines += ["### Comparison with other methods", "", markdown_table(data.comparison), ""]
+    return lines
+
+
+def _usage_section(data: UnlearningCardData) -> list[str]:
+    repo = data.repo_id or "<this-repo>"
+    base = data.base_model[0] if isinstance(data.base_model, list) else data.base_model
+    lines = [
+        "## How to use",
+        "",
+        "```python",
+        "from transformers import AutoModelForImageClassification",
+        "",
+        f'model = AutoModelForImageClassification.from_pretrained("{repo}")',
+        "```",
+        "",
+    ]
+    if data.negation_vector:
+        lines += [
+            "The repo also holds the merged vector as a sparse artifact (`negation_vector.safetensors` + "
+            "`negation_vector_config.json`), so the same unlearning can be applied to the base model:",
+            "",
+            "```python",
+            "from transformers import AutoModelForImageClassification",
+            "from hf_negmerge.hub import NegationVector",
+            "",
+            f'vector = NegationVector.from_pretrained("{repo}")',
+            f'model = AutoModelForImageClassification.from_pretrained("{base}")',
+            "vector.apply_to(model)  # θ₀ − λ·τ with the stored λ, in place",
+            "```",
+            "",
+        ]
+    return lines
+
+
+def _limitations_section(data: UnlearningCardData) -> list[str]:
+    measured_mia = _is_number(data.unlearned.get("mia_efficacy"))
+    sets = ", ".join(
+        f"{role} ({_describe_set(data.dataset_for(role))})" for role in ROLES if data.dataset_for(role)
+    )
+    lines = [
+        "## Limitations",
+        "",
+        "- **No certified removal.** This is approximate, weight-space unlearning: a vector learned on the "
+        "forget set is subtracted from the weights. Nothing proves that the forget data's influence is gone, "
+        "and the model is not equivalent to one retrained without that data.",
+        f"- **Evaluated only on the listed sets**: {sets}. Behaviour on other data, other prompts or "
+        "other tasks was not measured and may have changed.",
+    ]
+    if measured_mia:
+        lines.append(
+            "- **Membership inference only as measured**: MIA-Efficacy comes from one attack (an RBF SVC on "
+            "the model's true-class probability, SalUn's protocol). Stronger attacks (e.g. likelihood-ratio "
+            "attacks with shadow models) were not run."
+        )
+    else:
+        lines.append("- **Membership inference was not measured** for this model.")
+    lines += [
+        "- **Recoverability was not tested.** Knowledge removed in weight space may come back after brief "
+        "fine-tuning on related data (relearning attacks); no such test was run.",
+        "- **Side effects.** Subtracting the vector can lower accuracy on retained data; compare the "
+        "original and unlearned columns above before relying on the model.",
+        "- λ was selected on validation splits and the test numbers above are reported at that λ; with small "
+        "evaluation sets (e.g. one class of a test split) they carry noticeable sampling error.",
+        "- Not legal advice: whether this satisfies a deletion request depends on your obligations. The base "
+        "model's license, limitations and biases still apply.",
+        "",
+    ]
+    return lines
+
+
+def build_model_card(data: UnlearningCardData) -> ModelCard:
+    """A `ModelCard` whose YAML parses back with huggingface_hub and whose body documents the run."""
+    metadata = card_metadata(data)
+    forget = data.forget_set
+    body = [
+        f"# {data.model_name}",
+        "",
+        f"This model is [`{_short(data.base_model)}`](https://huggingface.co/"
+        f"{data.base_model[0] if isinstance(data.base_model, list) else data.base_model}) with "
+        f"{forget.subset or 'the data'} of `{forget.name or forget.dataset}` **unlearned** by NegMerge: "
+        "the sign-consensus merge of several forget-set fine-tunes was subtracted from its weights. "
+        "Made with hf-negmerge; read *Limitations* before use.",
+        "",
+        *_results_section(data),
+        *_method_section(data),
+        *_usage_section(data),
+        *_limitations_section(data),
+        "## Citation",
+        "",
+        "```bibtex",
+        CITATION,
+        "```",
+        "",
+    ]
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body))
+
+
+def write_model_card(card: ModelCard | UnlearningCardData, directory: str | Path) -> Path:
+    """Write the card as `README.md` in `directory`, atomically."""
+    if isinstance(card, UnlearningCardData):
+        card = build_model_card(card)
+    path = Path(directory) / CARD_NAME
+    atomic_write_text(path, str(card))
+    return path

@@ -1,0 +1,203 @@
+"""Push an unlearning run's output folder, or a `NegMergeConfig`, to the Hugging Face Hub.
+
+The output folder is never modified: what is uploaded is assembled in a staging folder (hard
+links to the model files where the filesystem allows, copies otherwise) together with the
+generated model card and the sparse negation vector. Subfolders (e.g. the fine-tuned runs) and
+the dense `merged_task_vector.safetensors` are not uploaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..config import CONFIG_NAME, NegMergeConfig
+from ..errors import CheckpointError, ConfigError
+from ..task_vector import TaskVector
+from ._upload import check_repo_id, upload_folder_to_repo
+from .card import CARD_NAME, UnlearningCardData, write_model_card
+from .negation_vector import NegationVector
+
+METRICS_NAME = "metrics.json"
+DENSE_VECTOR_NAME = "merged_task_vector.safetensors"
+MODEL_CONFIG_NAME = "config.json"
+_NOT_UPLOADED = {DENSE_VECTOR_NAME, CARD_NAME}
+
+
+def _files_to_upload(output_dir: Path) -> list[Path]:
+    """Top-level, non-hidden regular files, minus the dense vector and any old card."""
+    return sorted(
+        path
+        for path in output_dir.iterdir()
+        if path.is_file() and not path.name.startswith(".") and path.name not in _NOT_UPLOADED
+    )
+
+
+def _plots(files: list[Path]) -> list[str]:
+    """PNG names, the λ curve first (the card embeds them in this order)."""
+    pngs = [path.name for path in files if path.suffix.lower() == ".png"]
+    return sorted(pngs, key=lambda name: ("lambda" not in name.lower(), name))
+
+
+@contextlib.contextmanager
+def _staging_folder(near: Path) -> Iterator[Path]:
+    """A temporary folder on the same filesystem as `near` when possible (so hard links work)."""
+    try:
+        staging = tempfile.TemporaryDirectory(prefix=f".{near.name}.push-", dir=near.parent)
+    except OSError:
+        staging = tempfile.TemporaryDirectory(prefix="hf-negmerge-push-")
+    with staging as folder:
+        yield Path(folder)
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _read_metrics(output_dir: Path) -> dict:
+    path = output_dir / METRICS_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"{output_dir} has no {METRICS_NAME}; the model card is built from it. Pass card_data=... "
+            "to push a folder that was not written by `hf-negmerge unlearn`."
+        )
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"{path} must hold a JSON object.")
+    return metrics
+
+
+def prepare_upload_folder(
+    output_dir: str | Path,
+    staging: str | Path,
+    repo_id: str | None = None,
+    include_vector: bool = True,
+    card_data: UnlearningCardData | None = None,
+    base_model: str | None = None,
+) -> list[str]:
+    """Assemble in `staging` exactly what `push_unlearned_model` uploads; returns the file names.
+
+    Useful on its own to inspect a push before making it (`hf-negmerge push --dry-run`).
+    """
+    _assemble(Path(output_dir), Path(staging), repo_id, include_vector, card_data, base_model)
+    return sorted(path.name for path in Path(staging).iterdir())
+
+
+def _assemble(
+    output_dir: Path,
+    staging: Path,
+    repo_id: str | None,
+    include_vector: bool,
+    card_data: UnlearningCardData | None,
+    base_model: str | None = None,
+) -> UnlearningCardData:
+    if not output_dir.is_dir():
+        raise CheckpointError(f"Output folder {output_dir} does not exist.")
+    if not (output_dir / MODEL_CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"{output_dir} has no {MODEL_CONFIG_NAME}: it does not hold a model saved with save_pretrained."
+        )
+    files = _files_to_upload(output_dir)
+    config = NegMergeConfig.from_pretrained(output_dir) if (output_dir / CONFIG_NAME).is_file() else None
+    if card_data is None:
+        metrics = _read_metrics(output_dir)
+        overrides = {"plots": _plots(files), "negation_vector": include_vector}
+        if repo_id is not None:
+            overrides["repo_id"] = repo_id
+        if config is not None:
+            overrides["config"] = config
+        if base_model is not None:
+            overrides["base_model"] = base_model
+        card_data = UnlearningCardData.from_metrics_json(metrics, **overrides)
+    for path in files:
+        _link_or_copy(path, staging / path.name)
+    if include_vector:
+        dense = output_dir / DENSE_VECTOR_NAME
+        if not dense.is_file():
+            raise CheckpointError(
+                f"{output_dir} has no {DENSE_VECTOR_NAME} to publish as a negation vector; "
+                "push with include_vector=False (--no-vector) to upload the model alone."
+            )
+        if card_data.scale is None:
+            raise CheckpointError(f"The chosen λ is unknown (no 'scale' in {output_dir / METRICS_NAME}).")
+        base = card_data.base_model[0] if isinstance(card_data.base_model, list) else card_data.base_model
+        vector = NegationVector.from_task_vector(
+            TaskVector.load(dense), card_data.scale, base_model=base, config=config
+        )
+        vector.save_pretrained(staging)
+    write_model_card(card_data, staging)
+    return card_data
+
+
+def push_unlearned_model(
+    output_dir: str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | bool | None = None,
+    include_vector: bool = True,
+    card_data: UnlearningCardData | None = None,
+    base_model: str | None = None,
+) -> str:
+    """Upload an unlearning run's model folder with its card, config and sparse vector.
+
+    `output_dir` holds the unlearned model (HF layout + processor/tokenizer), `negmerge_config.json`,
+    `metrics.json`, plots and `merged_task_vector.safetensors`. The repo is created when missing
+    (`private` applies only then); `revision` names a branch, created from main when missing.
+    `token` defaults to huggingface_hub's usual sources (`HF_TOKEN`, cached login) and is never
+    written anywhere. `base_model` (a Hub id) overrides the one in metrics.json; `card_data`
+    replaces the card built from metrics.json. Returns the commit URL. Raises `HubUnavailableError` when the Hub cannot
+    be reached; the output folder is left exactly as it was.
+    """
+    check_repo_id(repo_id)
+    output_dir = Path(output_dir)
+    with _staging_folder(output_dir) as staging:
+        card_data = _assemble(output_dir, staging, repo_id, include_vector, card_data, base_model)
+        scale = card_data.scale
+        message = commit_message or (
+            f"Upload NegMerge-unlearned model (λ={scale})"
+            if scale is not None
+            else "Upload NegMerge-unlearned model"
+        )
+        return upload_folder_to_repo(
+            staging, repo_id, private=private, revision=revision, token=token, commit_message=message
+        )
+
+
+def push_config(
+    config: NegMergeConfig,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | bool | None = None,
+) -> str:
+    """Upload `negmerge_config.json` alone (like peft's config push); returns the commit URL.
+
+    `NegMergeConfig.from_pretrained(repo_id)` loads it back.
+    """
+    if not isinstance(config, NegMergeConfig):
+        raise ConfigError(f"push_config needs a NegMergeConfig, got {type(config).__name__}.")
+    check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix="negmerge-config-") as staging:
+        config.save_pretrained(staging)
+        return upload_folder_to_repo(
+            staging,
+            repo_id,
+            private=private,
+            revision=revision,
+            token=token,
+            commit_message=commit_message or f"Upload {CONFIG_NAME}",
+        )
