@@ -265,14 +265,14 @@ class TaskVector:
                 for key, delta in self.tensors.items():
                     parameter = runtime[names[key]]
                     check_compatible(parameter.shape, delta.shape, key, type(target).__name__, "task vector")
-                    parameter.copy_(_add_scaled(parameter, delta, scale))
+                    parameter.copy_(add_scaled(parameter, delta, scale))
             return target
         result = dict(target)
         for key, delta in self.tensors.items():
             if key not in result:
                 raise CheckpointError(f"State dict has no tensor '{key}' for this task vector.")
             check_compatible(result[key].shape, delta.shape, key, "state dict", "task vector")
-            result[key] = _add_scaled(result[key], delta, scale)
+            result[key] = add_scaled(result[key], delta, scale)
         return result
 
     # -- persistence ----------------------------------------------------------------------------------
@@ -296,6 +296,7 @@ class TaskVector:
         return cls(tensors, json.loads(raw) if raw else None)
 
 
-def _add_scaled(base: torch.Tensor, delta: torch.Tensor, scale: float) -> torch.Tensor:
+def add_scaled(base: torch.Tensor, delta: torch.Tensor, scale: float) -> torch.Tensor:
+    """base + scale·delta computed in at least float32, returned in base's dtype."""
     wide = torch.promote_types(base.dtype, torch.float32)
     return (base.to(wide) + scale * delta.to(wide)).to(base.dtype)

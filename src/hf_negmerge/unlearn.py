@@ -10,7 +10,7 @@ from torch import nn
 
 from .checkpoints import CheckpointReader, atomic_output_dir, resolve_weight_files, save_state_dict
 from .errors import CheckpointError
-from .task_vector import TaskVector, check_compatible
+from .task_vector import TaskVector, add_scaled, check_compatible
 
 
 def unlearn(base: nn.Module | dict[str, torch.Tensor], merged: TaskVector, scale: float) -> nn.Module | dict:
@@ -38,13 +38,15 @@ def write_unlearned_checkpoint(
     reader = CheckpointReader(base_dir)
     missing = [key for key in merged if key not in reader]
     if missing:
-        raise CheckpointError(f"Base checkpoint {base_dir} has no tensor(s) {', '.join(missing[:5])} of the vector.")
+        raise CheckpointError(
+            f"Base checkpoint {base_dir} has no tensor(s) {', '.join(missing[:5])} of the vector."
+        )
     state_dict = {}
     for key in reader:
         tensor = reader[key]
         if key in merged.tensors:
             check_compatible(tensor.shape, merged[key].shape, key, base_dir, "merged task vector")
-            tensor = merged.apply_to({key: tensor}, scale=-scale)[key]
+            tensor = add_scaled(tensor, merged[key], -scale)
         state_dict[key] = tensor
     weight_files = {path.name for path in resolve_weight_files(base_dir)} | {
         "model.safetensors.index.json",
