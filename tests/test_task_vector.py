@@ -100,7 +100,9 @@ def test_bf16_checkpoints_are_differenced_in_float32(tmp_path, tiny_vit):
 
 
 def test_save_load_round_trip(tmp_path):
-    vector = TaskVector({"a": torch.randn(3, 2), "b": torch.randn(4)}, metadata={"method": "negmerge", "n": 3})
+    vector = TaskVector(
+        {"a": torch.randn(3, 2), "b": torch.randn(4)}, metadata={"method": "negmerge", "n": 3}
+    )
     path = vector.save(tmp_path / "tv.safetensors")
     loaded = TaskVector.load(path)
     assert loaded.metadata == {"method": "negmerge", "n": 3}
@@ -124,7 +126,9 @@ def test_from_lora_is_dense_delta_w():
     from peft import LoraConfig, get_peft_model
 
     base = make_tiny_vit(seed=5)
-    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    peft_model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    )
     with torch.no_grad():  # LoRA B starts at zero; give it values so ΔW is non-trivial
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:
