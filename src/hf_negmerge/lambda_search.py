@@ -147,7 +147,7 @@ def select_lambda(
     original_retain_accuracy: a number, or the λ = 0 `LambdaPoint` of the unmodified model.
     """
     _validate_ratio_and_fallback(retain_ratio, fallback)
-    points = sorted(curve, key=lambda point: point.scale)
+    points = list(curve)
     if not points:
         raise ConfigError("The λ curve is empty: evaluate at least one λ before selecting.")
     for point in points:
@@ -155,6 +155,7 @@ def select_lambda(
             raise ConfigError(f"The λ curve must hold LambdaPoint objects, got {type(point).__name__}.")
         if math.isnan(point.forget_accuracy):
             raise ConfigError(f"The λ curve's point at λ={point.scale} has no forget accuracy.")
+    points.sort(key=lambda point: point.scale)
     scales = [point.scale for point in points]
     duplicates = sorted({scale for scale in scales if scales.count(scale) > 1})
     if duplicates:

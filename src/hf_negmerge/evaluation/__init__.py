@@ -6,7 +6,7 @@ All accuracies, MIA-Efficacy and gaps are in percent (0–100), as in the paper.
 from .gap import GAP_COMPONENTS, avg_gap, metric_gaps
 from .metrics import PACKAGED_METRICS, available_metrics, load_metric, metric_path
 from .mia import SVC_PARAMETERS, fit_membership_attack, mia_efficacy, select_members
-from .predict import Predictions, accuracy, predict
+from .predict import Predictions, accuracy, predict, predict_dataset
 from .report import (
     COLUMNS,
     comparison_json,
@@ -37,6 +37,7 @@ __all__ = [
     "metric_path",
     "mia_efficacy",
     "predict",
+    "predict_dataset",
     "render_report",
     "select_members",
     "to_jsonable",

@@ -173,3 +173,27 @@ def predict(
     finally:
         classifier.train(was_training)
     return Predictions.concatenate(parts)
+
+
+def predict_dataset(
+    classifier: nn.Module,
+    dataset: Any,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    keep_logits: bool = False,
+    description: str = "predict",
+) -> Predictions:
+    """`predict` over a `datasets.Dataset` with "image" and "label" columns, in dataset order,
+    preprocessed by `classifier.preprocess` (no augmentation)."""
+    from ..data.collate import ImageClassificationCollator, make_dataloader
+
+    preprocess = getattr(classifier, "preprocess", None)
+    if not callable(preprocess):
+        raise TypeError(f"{type(classifier).__name__} has no preprocess(list[PIL.Image]) method.")
+    loader = make_dataloader(
+        dataset, ImageClassificationCollator(preprocess), batch_size=batch_size, shuffle=False
+    )
+    return predict(
+        classifier, loader, device=device, progress=progress, keep_logits=keep_logits, description=description
+    )
