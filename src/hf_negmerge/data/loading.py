@@ -8,6 +8,7 @@ column name or a corrupt image fails in seconds with a message naming the proble
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -125,7 +126,15 @@ def _load_builtin(source: str, options: LoadOptions) -> DatasetOrDict:
 
 
 def _load_saved_to_disk(source: PathLike, options: LoadOptions) -> DatasetOrDict:
-    data = datasets.load_from_disk(str(Path(source).expanduser()))
+    root = Path(source).expanduser()
+    # datasets writes no data file for a 0-row dataset and then cannot read the folder back.
+    for state in [root / "state.json", *root.glob("*/state.json")]:
+        if state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files"):
+            where = f"saved dataset {str(source)!r}" + (
+                f" split {state.parent.name!r}" if state.parent != root else ""
+            )
+            raise ConfigError(f"{where} is empty (0 rows, no data files)")
+    data = datasets.load_from_disk(str(root))
     return _select_split(data, options.split, f"saved dataset {str(source)!r}")
 
 
@@ -133,6 +142,8 @@ def _load_with_builder(source_name: str, options: LoadOptions, *args: Any, **kwa
     """``datasets.load_dataset`` for local files, turning an unknown split into a ConfigError."""
     try:
         return datasets.load_dataset(*args, split=options.split, cache_dir=options.cache_dir, **kwargs)
+    except datasets.exceptions.DatasetGenerationError as err:
+        raise ConfigError(f"{source_name} cannot be read: {err.__cause__ or err}") from err
     except ValueError as err:
         if "Unknown split" in str(err):
             raise ConfigError(f"{source_name}: {err}") from err
