@@ -38,6 +38,7 @@ from hf_negmerge.evaluation import (
     write_report,
 )
 from hf_negmerge.evaluation.plots import (
+    _common_dotted_prefix,
     group_kept_fraction,
     layer_group,
     plot_kept_fraction,
@@ -110,6 +111,26 @@ def test_true_class_probability_and_logits_match_softmax():
     assert torch.equal(result.logits, logits)
     assert result.predicted.tolist() == logits.argmax(1).tolist()
     assert predict(classifier, [(logits, labels)]).logits is None
+
+
+def test_predict_dataset_with_a_project_classifier_matches_a_direct_forward():
+    from hf_negmerge.data.digits import load_digits_dataset
+    from hf_negmerge.models import ModelConfig, build_classifier
+
+    dataset = load_digits_dataset()["test"].select(range(24))
+    classifier = build_classifier(
+        ModelConfig(architecture="vit"), [str(digit) for digit in range(10)]
+    ).train()
+    result = predict_dataset(classifier, dataset, batch_size=10, keep_logits=True)
+    assert classifier.training
+    classifier.eval()
+    with torch.no_grad():
+        logits = classifier(classifier.preprocess(dataset["image"]))
+    assert torch.allclose(result.logits, logits, atol=1e-5)
+    assert result.labels.tolist() == dataset["label"]
+    assert result.accuracy() == pytest.approx(
+        100.0 * accuracy_score(dataset["label"], logits.argmax(1).numpy())
+    )
 
 
 def test_predict_restores_eval_mode_and_reads_output_logits():
@@ -393,6 +414,7 @@ def test_write_report_writes_metrics_and_markdown_atomically(tmp_path):
         "seed": np.int64(0),
         "lambda_selection": selection,
         "paths": {"output": Path("/tmp/out")},
+        "config": {"lambda_grid": [0.0, 0.05, 0.1]},
     }
     metrics_path, report_path = write_report(tmp_path / "run", summary)
     metrics = json.loads(metrics_path.read_text())
@@ -407,7 +429,9 @@ def test_write_report_writes_metrics_and_markdown_atomically(tmp_path):
     assert report.startswith("# cars")
     table = report.split("## Method comparison", 1)[1].split("\n\n")[1]
     assert [row["method"] for row in parse_markdown_table(table)] == ["negmerge", "uniform", "original"]
-    assert "/tmp/out" in report and "lambda_selection" in report
+    assert "/tmp/out" in report and "### lambda_selection" in report
+    grid_row = next(line for line in report.splitlines() if "lambda_grid" in line)
+    assert "0, 0.05, 0.1" in grid_row
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["metrics.json", "report.md"]
     assert render_report(summary) == report
 
@@ -441,6 +465,11 @@ def test_layer_grouping_and_kept_fraction_plot(tmp_path):
         == "vision_model.embeddings.patch_embedding"
     )
     assert layer_group("logit_scale") == "logit_scale"
+    assert (
+        _common_dotted_prefix(["vision_model.encoder.layers.0", "vision_model.embeddings"]) == "vision_model."
+    )
+    assert _common_dotted_prefix(["vit.encoder.layer.0", "vit.encoder.layer.1"]) == "vit.encoder.layer."
+    assert _common_dotted_prefix(["encoder.layers.0", "head"]) == ""
     kept = {
         "enc.layers.0.a.weight": 0.2,
         "enc.layers.0.b.weight": 0.4,

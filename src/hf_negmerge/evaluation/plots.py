@@ -106,16 +106,27 @@ def group_kept_fraction(
     With `numel` (elements per tensor) a group's fraction is kept elements / elements; without it,
     the plain mean of its tensors' fractions.
     """
-    totals: dict[str, list[float]] = {}
+    kept: dict[str, float] = {}
+    total: dict[str, float] = {}
     for name, fraction in kept_fraction.items():
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"kept fraction of {name!r} is {fraction}; it must be in [0, 1].")
         if numel is not None and name not in numel:
             raise KeyError(f"numel has no entry for tensor {name!r}.")
         weight = float(numel[name]) if numel is not None else 1.0
-        kept, count = totals.setdefault(layer_group(name), [0.0, 0.0])
-        totals[layer_group(name)] = [kept + fraction * weight, count + weight]
-    return {group: (kept / count if count else 0.0) for group, (kept, count) in totals.items()}
+        group = layer_group(name)
+        kept[group] = kept.get(group, 0.0) + fraction * weight
+        total[group] = total.get(group, 0.0) + weight
+    return {group: kept[group] / total[group] if total[group] else 0.0 for group in kept}
+
+
+def _common_dotted_prefix(names: Sequence[str]) -> str:
+    """The dotted module path every name starts with ("vision_model."), kept only if no name is left empty."""
+    parts = [name.split(".") for name in names]
+    shared = 0
+    while all(len(split) > shared + 1 for split in parts) and len({split[shared] for split in parts}) == 1:
+        shared += 1
+    return "".join(f"{part}." for part in parts[0][:shared]) if shared else ""
 
 
 def plot_kept_fraction(
@@ -129,17 +140,20 @@ def plot_kept_fraction(
         raise ValueError("No kept fractions to plot.")
     grouped = group_kept_fraction(kept_fraction, numel)
     names = list(grouped)
+    prefix = _common_dotted_prefix(names)
+    if prefix:
+        title = f"{title}\n(under {prefix.rstrip('.')})"
     figure = Figure(figsize=(max(6.0, 0.35 * len(names) + 2), 4.5))
     axes = figure.subplots()
     axes.bar(range(len(names)), [grouped[name] for name in names], color="C0")
     weights = numel or dict.fromkeys(kept_fraction, 1)
-    overall = sum(kept_fraction[name] * weights[name] for name in kept_fraction) / sum(
-        weights[name] for name in kept_fraction
+    overall = sum(kept_fraction[name] * weights[name] for name in kept_fraction) / max(
+        1, sum(weights[name] for name in kept_fraction)
     )
     axes.axhline(overall, color="C3", linestyle="--", linewidth=1, label=f"overall {overall:.2%}")
     axes.legend(fontsize=8)
     axes.set_xticks(range(len(names)))
-    axes.set_xticklabels(names, rotation=75, ha="right", fontsize=7)
+    axes.set_xticklabels([name[len(prefix) :] for name in names], rotation=75, ha="right", fontsize=7)
     axes.set_ylabel("fraction of elements kept")
     axes.set_ylim(0, max(1e-3, max(grouped.values()) * 1.1))
     axes.set_title(title)

@@ -143,40 +143,51 @@ def write_comparison(
     atomic_write_text(json_path, comparison_json(rows))
 
 
-def _render_section(title: str, value: Any, level: int) -> list[str]:
-    heading = "#" * min(level, 6) + " " + title
-    if isinstance(value, Mapping):
-        scalars = {key: item for key, item in value.items() if not isinstance(item, (Mapping, list, tuple))}
-        lines = [heading, ""]
-        if scalars:
-            lines += [
-                markdown_table([{"key": key, "value": format_value(item)} for key, item in scalars.items()]),
-                "",
-            ]
-        for key, item in value.items():
-            if key not in scalars:
-                lines += _render_section(str(key), item, level + 1)
-        return lines
-    if isinstance(value, (list, tuple)) and value and all(isinstance(item, Mapping) for item in value):
-        return [heading, "", markdown_table(value), ""]
-    return [heading, "", format_value(value), ""]
+def _is_table(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple)) and bool(value) and all(isinstance(item, Mapping) for item in value)
+    )
+
+
+def _inline(value: Any) -> str:
+    """A scalar, or a list of scalars joined by commas (λ grids, file lists)."""
+    if isinstance(value, (list, tuple)):
+        return (
+            ", ".join(f"{item:g}" if isinstance(item, float) else format_value(item) for item in value)
+            or MISSING
+        )
+    return format_value(value)
+
+
+def _render_mapping(values: Mapping[str, Any], heading: str, level: int) -> list[str]:
+    """Inline entries as one key/value table under `heading`, then nested entries as subsections."""
+    inline = {
+        key: item for key, item in values.items() if not isinstance(item, Mapping) and not _is_table(item)
+    }
+    lines = [f"{'#' * min(level, 6)} {heading}", ""]
+    if inline:
+        lines += [markdown_table([{"key": key, "value": _inline(item)} for key, item in inline.items()]), ""]
+    for key, item in values.items():
+        if key in inline:
+            continue
+        if isinstance(item, Mapping):
+            lines += _render_mapping(item, str(key), level + 1)
+        else:
+            lines += [f"{'#' * min(level + 1, 6)} {key}", "", markdown_table(item), ""]
+    return lines
 
 
 def render_report(summary: Mapping[str, Any], title: str = "hf-negmerge report") -> str:
     """Markdown for a run summary: "methods" (list of rows) first as the comparison table, then
-    every other entry as a section (scalars in a key/value table, lists of dicts as tables)."""
+    the other entries: scalars and lists of scalars in a key/value table, dicts as subsections,
+    lists of dicts as tables. A "title" entry replaces `title`."""
     summary = to_jsonable(summary)
     lines = [f"# {summary.get('title', title)}", ""]
-    methods = summary.get("methods")
-    if methods:
-        lines += ["## Method comparison", "", markdown_table(methods), ""]
+    if summary.get("methods"):
+        lines += ["## Method comparison", "", markdown_table(summary["methods"]), ""]
     rest = {key: value for key, value in summary.items() if key not in ("title", "methods")}
-    scalars = {key: value for key, value in rest.items() if not isinstance(value, (Mapping, list, tuple))}
-    if scalars:
-        lines += _render_section("Summary", scalars, 2)
-    for key, value in rest.items():
-        if key not in scalars:
-            lines += _render_section(key, value, 2)
+    if rest:
+        lines += _render_mapping(rest, "Details", 2)
     return "\n".join(lines).rstrip() + "\n"
 
 
