@@ -64,7 +64,7 @@ class Repo:
 class RecordedRequest:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: bytes
 
 
@@ -83,7 +83,9 @@ class HubStandIn:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._server.timeout = REQUEST_TIMEOUT_S
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hub-stand-in", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="hub-stand-in", daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -200,7 +202,8 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         url = urlsplit(self.path)
         body = self._read_body() if self.command == "POST" else b""
-        self.hub.record(RecordedRequest(self.command, self.path, dict(self.headers.items()), body))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        self.hub.record(RecordedRequest(self.command, self.path, headers, body))
         path = unquote(url.path)
         query = parse_qs(url.query)
         for route in _ROUTES:

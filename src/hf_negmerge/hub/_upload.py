@@ -26,18 +26,18 @@ def upload_folder_to_repo(
     token: str | bool | None = None,
     allow_patterns: Sequence[str] | None = None,
     ignore_patterns: Sequence[str] | None = None,
+    local_note: str = "",
 ) -> str:
     """`create_repo(exist_ok=True)`, the branch when `revision` names one, then `upload_folder`.
 
     Returns the commit URL. The local folder is only read: a failed push leaves it untouched
-    and raises `HubUnavailableError` naming the repo and the endpoint.
+    and raises `HubUnavailableError` naming the repo and the endpoint (plus `local_note`).
     """
     check_repo_id(repo_id)
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"Cannot push {folder}: it is not a folder.")
-    note = f"Nothing was uploaded and the local folder {folder} is unchanged."
-    with hub_errors("push to", repo_id, token, local_note=note):
+    with hub_errors("push to", repo_id, token, local_note=local_note):
         api = hub_client(token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None and revision != DEFAULT_BRANCH:

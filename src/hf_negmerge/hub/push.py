@@ -172,7 +172,13 @@ def push_unlearned_model(
             else "Upload NegMerge-unlearned model"
         )
         return upload_folder_to_repo(
-            staging, repo_id, private=private, revision=revision, token=token, commit_message=message
+            staging,
+            repo_id,
+            private=private,
+            revision=revision,
+            token=token,
+            commit_message=message,
+            local_note=f"Nothing was uploaded; {output_dir} is unchanged.",
         )
 
 
