@@ -370,6 +370,8 @@ def test_missing_class_names_when_required(tmp_path):
 def test_missing_local_path_is_named():
     with pytest.raises(ConfigError, match=r"'./no/such/folder' is not a built-in dataset"):
         load_image_dataset("./no/such/folder")
+    with pytest.raises(ConfigError, match=r"'train\.parquet' is not a built-in dataset"):
+        load_image_dataset("train.parquet")
 
 
 # --------------------------------------------------------------------------- Hub access
@@ -435,10 +437,10 @@ def test_collator_builds_rgb_pixel_values_labels_and_applies_transform():
     assert batch["pixel_values"].shape == (4, 3, 8, 8) and batch["pixel_values"].dtype == torch.float32
     expected = torch.tensor(np.stack([np.asarray(r["image"]) for r in rows]), dtype=torch.float32) / 255
     for channel in range(3):  # grayscale digits are converted to RGB: three identical channels
-        torch.testing.assert_close(batch["pixel_values"][:, channel], expected)
+        assert torch.equal(batch["pixel_values"][:, channel], expected)
     assert batch["labels"].tolist() == [r["label"] for r in rows] and batch["labels"].dtype == torch.long
     flipped = ImageClassificationCollator(to_tensor, transform=lambda x: x.flip(-1))(rows)
-    torch.testing.assert_close(flipped["pixel_values"], batch["pixel_values"].flip(-1))
+    assert torch.equal(flipped["pixel_values"], batch["pixel_values"].flip(-1))
     with pytest.raises(ConfigError, match=r"shape \[B=4, C, H, W\], got \(4, 8, 8\)"):
         ImageClassificationCollator(lambda images: to_tensor(images)[:, 0])(rows)
 

@@ -38,6 +38,19 @@ BUILTIN_DATASETS: dict[str, Callable[[], datasets.DatasetDict]] = {"digits": loa
 # A Hub id is "name" or "owner/name" made of letters, digits, '-', '_' and '.'.
 _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _TRUE_STRINGS = {"1", "on", "yes", "true"}
+# A missing "name.parquet" is a mistyped local file, not a Hub id.
+_LOCAL_FILE_SUFFIXES = {
+    ".parquet",
+    ".arrow",
+    ".csv",
+    ".json",
+    ".jsonl",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".zip",
+    ".tar",
+}
 
 
 # --------------------------------------------------------------------------- source kinds
@@ -104,6 +117,7 @@ def _is_hub_id(source: Any) -> bool:
         and not path.exists()
         and not source.startswith((".", "/", "~"))
         and ".." not in source
+        and path.suffix.lower() not in _LOCAL_FILE_SUFFIXES
         and _HUB_ID_PATTERN.match(source) is not None
     )
 
