@@ -32,7 +32,9 @@ from hf_negmerge.models import (
     apply_lora,
     build_classifier,
     merge_lora,
+    prompt_templates_for,
 )
+from hf_negmerge.models.templates import PROMPT_TEMPLATE_SETS
 
 CLASSES = ["zero", "one", "two", "three"]
 TEMPLATES = ["a photo of a {}.", "a drawing of the digit {}.", "{}"]
@@ -442,3 +444,15 @@ def test_missing_local_folder_is_a_checkpoint_error(tmp_path):
     missing = os.path.join(tmp_path, "nope")
     with pytest.raises(CheckpointError, match="does not exist"):
         build_classifier(ModelConfig(name_or_path=missing), CLASSES)
+
+
+def test_dataset_prompt_sets_are_valid_and_looked_up_by_name():
+    for name, templates in PROMPT_TEMPLATE_SETS.items():
+        assert ModelConfig(prompt_templates=templates).prompt_templates == templates
+        assert len(set(templates)) == len(templates), f"{name} repeats a template"
+    assert prompt_templates_for("EuroSAT") == prompt_templates_for("eurosat")
+    assert prompt_templates_for("stanford_cars") == PROMPT_TEMPLATE_SETS["cars"]
+    assert "a centered satellite photo of the {}." in prompt_templates_for("eurosat")
+    assert len(prompt_templates_for("resisc45")) == 18 and len(prompt_templates_for("dtd")) == 8
+    with pytest.raises(ConfigError, match="imagenet"):
+        prompt_templates_for("imagenet")

@@ -10,12 +10,14 @@ from .base import (
 from .clip import CLIPZeroShotClassifier
 from .config import DEFAULT_PROMPT_TEMPLATES, ModelConfig
 from .lora import apply_lora, merge_lora
+from .templates import PROMPT_TEMPLATE_SETS, prompt_templates_for
 from .vit import ViTClassifier
 
 __all__ = [
     "CLASSIFIER_METADATA_FILE",
     "CLASSIFIER_REGISTRY",
     "DEFAULT_PROMPT_TEMPLATES",
+    "PROMPT_TEMPLATE_SETS",
     "CLIPZeroShotClassifier",
     "ImageClassifier",
     "ModelConfig",
@@ -23,5 +25,6 @@ __all__ = [
     "apply_lora",
     "build_classifier",
     "merge_lora",
+    "prompt_templates_for",
     "register_classifier",
 ]
