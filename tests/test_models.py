@@ -35,6 +35,7 @@ from hf_negmerge.models import (
     prompt_templates_for,
 )
 from hf_negmerge.models.templates import PROMPT_TEMPLATE_SETS
+from hf_negmerge.task_vector import TaskVector
 
 CLASSES = ["zero", "one", "two", "three"]
 TEMPLATES = ["a photo of a {}.", "a drawing of the digit {}.", "{}"]
@@ -214,11 +215,17 @@ def test_freeze_attention_freezes_visual_attention_projections(tmp_path):
 )
 def test_trainable_patterns_are_exactly_the_tensors_a_step_changes(tmp_path, architecture, options):
     classifier = tiny_clip(**options) if architecture == "clip" else tiny_vit(**options)
+    base_model = copy.deepcopy(classifier.model)
     before = checkpoint_tensors(classifier.model, tmp_path / "before")
     training_step(classifier)
     after = checkpoint_tensors(classifier.model, tmp_path / "after")
     changed = changed_keys(before, after)
-    assert changed == matching_keys(before, classifier.trainable_parameter_patterns())
+    patterns = classifier.trainable_parameter_patterns()
+    assert changed == matching_keys(before, patterns)
+    # Peer oracle: the task vector the training stage builds with these patterns covers exactly them.
+    task_vector = TaskVector.from_models(base_model, classifier.model, include=patterns)
+    assert set(task_vector.keys()) == changed
+    assert all(task_vector.tensors[key].count_nonzero() > 0 for key in changed)
     if architecture == "vit":  # checkpoint names, not transformers 5's runtime names
         assert any(".attention.attention.query." in key for key in changed)
         assert not any("q_proj" in key for key in before)
