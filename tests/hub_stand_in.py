@@ -18,6 +18,7 @@ Routes, as huggingface_hub 2.4 calls them:
 - ``HEAD|GET /{repo}/resolve/{rev}/{path}``                file metadata and bytes (hf_hub_download)
 
 Every request is recorded (method, path, headers) so tests can check what the client sent.
+With ``required_token`` set, requests without that bearer token get 401 as on the Hub.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class RecordedRequest:
 class HubStandIn:
     """In-memory Hub on 127.0.0.1 (a free port), served from a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, required_token: str | None = None) -> None:
+        self.required_token = required_token  # when set, other credentials get 401 like the Hub's
         self.repos: dict[str, Repo] = {}
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
@@ -206,6 +208,12 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.hub.record(RecordedRequest(self.command, self.path, headers, body))
         path = unquote(url.path)
         query = parse_qs(url.query)
+        if (
+            self.hub.required_token is not None
+            and headers.get("authorization") != f"Bearer {self.hub.required_token}"
+        ):
+            self._error(401, "Invalid credentials in Authorization header")
+            return
         for route in _ROUTES:
             if route.method == self.command and (match := route.match(path)) is not None:
                 route.handler(self, match, query, body)

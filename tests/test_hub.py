@@ -33,6 +33,7 @@ from hf_negmerge.hub import (
     NegationVector,
     UnlearningCardData,
     build_model_card,
+    download_file,
     prepare_upload_folder,
     push_config,
     push_unlearned_model,
@@ -481,6 +482,28 @@ def test_push_needs_metrics_and_a_hub_base_model(run: Run, tmp_path: Path) -> No
     names = prepare_upload_folder(run.out, staging, base_model="bob/other-base")
     assert "bob/other-base" in (staging / "README.md").read_text()
     assert "merged_task_vector.safetensors" not in names
+
+
+def test_download_file_fetches_one_file_or_names_the_missing_one(hub: HubStandIn) -> None:
+    push_config(NegMergeConfig(retain_ratio=0.9), "alice/configs")
+    path = download_file("alice/configs", "negmerge_config.json")
+    assert json.loads(path.read_text())["retain_ratio"] == 0.9
+    with pytest.raises(CheckpointError, match=r"'alice/configs' has no file missing\.json"):
+        download_file("alice/configs", "missing.json")
+
+
+def test_a_rejected_token_is_reported_without_being_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with HubStandIn(required_token=SECRET) as strict_hub:
+        _point_hub_at(monkeypatch, strict_hub.url, tmp_path / "hf-cache")
+        with pytest.raises(HubUnavailableError, match="401") as raised:
+            push_config(NegMergeConfig(), REPO, token=EXPLICIT_SECRET)
+        assert REPO in str(raised.value) and EXPLICIT_SECRET not in str(raised.value)
+        assert REPO not in strict_hub.repos
+        push_config(NegMergeConfig(), REPO)  # HF_TOKEN (the usual mechanism) is accepted
+        assert REPO in strict_hub.repos
+        assert SECRET.encode() not in strict_hub.all_stored_bytes()
 
 
 # -- offline ------------------------------------------------------------------------------------------------------
