@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 from hf_negmerge.data import (
@@ -120,6 +122,23 @@ def test_carve_validation_size_and_membership_match_authors_random_split(num_row
         range(num_rows), [num_rows - expected, expected], generator=torch.Generator().manual_seed(0)
     )
     assert ids(val, "x") == set(ref_val.indices) and ids(rest, "x") == set(ref_rest.indices)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    num_rows=st.integers(min_value=20, max_value=3000),
+    fraction=st.floats(min_value=0.05, max_value=0.5),
+    maximum=st.integers(min_value=1, max_value=400),
+    seed=st.integers(min_value=0, max_value=2**31 - 1),
+)
+def test_carve_validation_property(num_rows, fraction, maximum, seed):
+    dataset = datasets.Dataset.from_dict({"x": list(range(num_rows))})
+    rest, val = carve_validation(dataset, fraction, maximum, seed)
+    expected = min(int(num_rows * fraction), maximum)
+    assert len(val) == expected and ids(rest, "x") | ids(val, "x") == set(range(num_rows))
+    assert not ids(rest, "x") & ids(val, "x")
+    assert column(val, "x") == sorted(column(val, "x"))  # original order kept inside each part
+    assert ids(carve_validation(dataset, fraction, maximum, seed)[1], "x") == ids(val, "x")
 
 
 def test_carve_validation_refuses_too_small_pool():
@@ -365,6 +384,24 @@ def test_missing_class_names_when_required(tmp_path):
     assert require_class_names(load_image_dataset("digits", "test")) == [str(d) for d in range(10)]
     with pytest.raises(ConfigError, match=r"repeated: \['a'\]"):
         require_class_names(["a", "b", "a"])
+
+
+def test_unnamed_integer_labels_flow_through_a_scenario(tmp_path):
+    def split(count):
+        return datasets.Dataset.from_dict(
+            {
+                "image": [png_bytes(np.full((2, 2), i, np.uint8)) for i in range(count)],
+                "y": [i % 4 for i in range(count)],
+            },
+            features=datasets.Features(image=datasets.Image(), y=datasets.Value("int64")),
+        )
+
+    datasets.DatasetDict({"train": split(80), "test": split(20)}).save_to_disk(str(tmp_path / "d"))
+    config = DataConfig(scenario="class", dataset=str(tmp_path / "d"), label_column="y", forget_classes=[1])
+    data = build_unlearning_data(config)
+    assert data.class_names is None and data.num_classes == 4  # inferred from the largest id
+    assert data.summary()["forget_classes"] == [1] and set(labels(data.forget_test)) == {1}
+    assert len(data.forget_train) + len(data.forget_val) == 20 and len(data.retain_test) == 15
 
 
 def test_missing_local_path_is_named():
