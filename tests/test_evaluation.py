@@ -158,6 +158,15 @@ def test_predict_rejects_bad_batches(batch, error, message):
         predict(nn.Identity(), [batch])
 
 
+def test_predict_refuses_a_device_other_than_the_weights():
+    model = nn.Linear(3, 2)
+    batch = [(torch.zeros(1, 3), torch.tensor([0]))]
+    with pytest.raises(ValueError, match=r"weights are on cpu but device='meta'"):
+        predict(model, batch, device="meta")
+    assert len(predict(model, batch, device="cpu")) == 1
+    assert len(predict(nn.Identity(), [(torch.zeros(1, 3), torch.tensor([0]))], device="cpu")) == 1
+
+
 def test_predict_on_no_batches_and_empty_accuracy_fail_clearly():
     with pytest.raises(ValueError, match="no batches"):
         predict(nn.Identity(), [])

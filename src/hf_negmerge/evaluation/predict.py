@@ -127,11 +127,16 @@ def _unpack_batch(batch: Batch, index: int) -> tuple[torch.Tensor, torch.Tensor]
     )
 
 
-def _model_device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.float32
+def _model_device_and_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype]:
+    """Where the weights live (None for a model without tensors) and the dtype inputs should take."""
+    tensors = [*model.parameters(), *model.buffers()]
+    floating = [tensor for tensor in tensors if tensor.is_floating_point()]
+    return (tensors[0].device if tensors else None), (floating[0].dtype if floating else torch.float32)
+
+
+def _same_device(wanted: torch.device, actual: torch.device) -> bool:
+    """ "cuda" matches "cuda:0": an unindexed device means any device of that type."""
+    return wanted.type == actual.type and (wanted.index is None or wanted.index == actual.index)
 
 
 @torch.no_grad()
@@ -147,11 +152,20 @@ def predict(
 
     classifier: `forward(pixel_values) -> logits [B, C]` (or an output with `.logits`).
     batches: mappings with "pixel_values" [B, ...] and "labels" [B], or (pixel_values, labels) pairs.
-    device: where to run; default is where the classifier's weights are (the model is not moved).
+    device: where inputs go; default and only choice for a model with weights is where its weights are
+    (a different device raises rather than silently copying the model).
     The classifier's train/eval mode is restored afterwards.
     """
     model_device, model_dtype = _model_device_and_dtype(classifier)
-    device = torch.device(device) if device is not None else model_device
+    if model_device is None:
+        device = torch.device(device if device is not None else "cpu")
+    elif device is not None and not _same_device(torch.device(device), model_device):
+        raise ValueError(
+            f"The classifier's weights are on {model_device} but device={device!r} was asked; move the "
+            f"classifier first (classifier.to({str(device)!r})) so its weights are not copied behind your back."
+        )
+    else:
+        device = model_device
     was_training = classifier.training
     classifier.eval()
     parts: list[Predictions] = []
