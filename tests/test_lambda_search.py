@@ -126,7 +126,8 @@ def test_no_qualifier_with_error_fallback_raises_naming_threshold_and_best():
 
 def test_lambda_zero_is_flagged():
     curve = [LambdaPoint(0.0, 90.0, 80.0), LambdaPoint(0.5, 20.0, 60.0), LambdaPoint(1.0, 5.0, 40.0)]
-    selection = select_lambda(curve, 80.0)
+    with pytest.warns(UserWarning, match="nothing is forgotten"):
+        selection = select_lambda(curve, 80.0)
     assert selection.scale == 0.0 and selection.qualified
     assert "nothing is forgotten" in selection.reason
     assert "nothing is forgotten" not in select_lambda(CURVE, 80.0).reason

@@ -9,7 +9,6 @@ decides. The rule is pure (numbers in, choice out) so it is tested apart from an
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import numbers
 import warnings
@@ -20,8 +19,6 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, MergeError
-
-logger = logging.getLogger(__name__)
 
 #: Retain accuracies this close below the threshold still qualify, so 0.95 × 60.0 computed in
 #: floating point cannot reject a point that sits exactly on it.
@@ -180,10 +177,11 @@ def select_lambda(
         chosen = FALLBACKS[fallback](points, threshold)
         reason = f"{message} Fallback {fallback!r} chose λ={chosen.scale:g}."
         warnings.warn(reason, stacklevel=2)
-        logger.warning(reason)
     if chosen.scale == 0.0:
         reason += " λ = 0 means the original model is kept: nothing is forgotten."
-        logger.warning("λ selection chose λ = 0: the negation is not applied and nothing is forgotten.")
+        warnings.warn(
+            "λ selection chose λ = 0: the negation is not applied and nothing is forgotten.", stacklevel=2
+        )
     return LambdaSelection(
         scale=chosen.scale,
         point=chosen,
