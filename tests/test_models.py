@@ -463,3 +463,19 @@ def test_dataset_prompt_sets_are_valid_and_looked_up_by_name():
     assert len(prompt_templates_for("resisc45")) == 18 and len(prompt_templates_for("dtd")) == 8
     with pytest.raises(ConfigError, match="imagenet"):
         prompt_templates_for("imagenet")
+
+
+def test_offline_hub_id_loads_from_the_local_hub_cache(monkeypatch, tmp_path):
+    """Offline but pre-downloaded: the id resolves to the cached snapshot without any network."""
+    clip = tiny_clip()
+    repo = tmp_path / "models--someorg--tiny-clip"
+    clip.save_pretrained(repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    loaded = ImageClassifier.from_pretrained("someorg/tiny-clip")
+    pixels, _ = batch()
+    assert torch.equal(loaded(pixels), clip(pixels))
+    with pytest.raises(HubUnavailableError, match="someorg/not-cached"):
+        build_classifier(ModelConfig(name_or_path="someorg/not-cached"), CLASSES)
