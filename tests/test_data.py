@@ -252,6 +252,13 @@ def test_empty_forget_set_is_named(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"'forget_test'.*empty"):
         build_unlearning_data(DataConfig(scenario="class", dataset=str(tmp_path / "d"), forget_classes=[9]))
+    datasets.DatasetDict({"train": test_without_nines, "test": digits["test"]}).save_to_disk(
+        str(tmp_path / "e")
+    )
+    with pytest.raises(ConfigError, match=r"forget class\(es\) \['9'\] have no rows in the train split"):
+        build_unlearning_data(
+            DataConfig(scenario="class", dataset=str(tmp_path / "e"), forget_classes=[9, 2])
+        )
     with pytest.raises(ConfigError, match="empty forget or retain set"):
         build_unlearning_data(DataConfig(scenario="random", forget_fraction=0.0001))
 

@@ -363,12 +363,13 @@ def _class_scenario(config: DataConfig, train: datasets.Dataset, test: datasets.
     forget = resolve_forget_classes(
         config.forget_classes, class_names, _num_classes(class_names, train, test)
     )
-    in_train = np.isin(label_ids(train), forget)
+    train_labels = label_ids(train)
+    in_train = np.isin(train_labels, forget)
     in_test = np.isin(label_ids(test), forget)
-    name_of = (lambda i: class_names[i]) if class_names else str
-    for class_id in forget:
-        if not np.any(label_ids(train) == class_id):
-            raise ConfigError(f"forget class {name_of(class_id)!r} has no rows in the train split")
+    absent = sorted(set(forget) - set(train_labels[in_train].tolist()))
+    if absent:
+        names = [class_names[i] for i in absent] if class_names else absent
+        raise ConfigError(f"forget class(es) {names} have no rows in the train split")
     if in_train.all():
         raise ConfigError("every train row belongs to a forget class: nothing is left to retain")
     forget_pool, retain_pool = _rows_where(train, in_train), _rows_where(train, ~in_train)
