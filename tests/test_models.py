@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -479,3 +480,21 @@ def test_offline_hub_id_loads_from_the_local_hub_cache(monkeypatch, tmp_path):
     assert torch.equal(loaded(pixels), clip(pixels))
     with pytest.raises(HubUnavailableError, match="someorg/not-cached"):
         build_classifier(ModelConfig(name_or_path="someorg/not-cached"), CLASSES)
+
+
+def test_eos_pooling_matches_legacy_argmax_pooling_and_mismatch_is_refused(tmp_path):
+    """Tiny tokenizers put EOS at the largest id, so transformers' legacy argmax pooling
+    (text config eos_token_id == 2, as in OpenAI's CLIP configs) pools the same token."""
+    classifier = tiny_clip()
+    head = classifier.zero_shot_head.clone()
+    classifier.model.text_model.eos_token_id = 2
+    classifier.rebuild_head()
+    torch.testing.assert_close(classifier.zero_shot_head, head, rtol=0, atol=0)
+
+    folder = tmp_path / "clip"
+    tiny_clip().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["eos_token_id"] = 5
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="eos_token_id=5"):
+        ImageClassifier.from_pretrained(folder)
