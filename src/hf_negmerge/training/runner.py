@@ -235,16 +235,11 @@ class GridRunner:
         return accumulator
 
     def _check_labels(self, base: Any) -> None:
-        class_names = getattr(base, "class_names", None)
-        if not class_names:
-            return
-        labels = self.forget_train["label"]
-        bad = sorted({int(label) for label in labels if not 0 <= int(label) < len(class_names)})
-        if bad:
-            raise ConfigError(
-                f"Forget-set label(s) {bad} are outside the original classifier's {len(class_names)} classes "
-                f"({self.base_classifier_dir})."
-            )
+        from ..data.loading import check_labels_in_range
+
+        check_labels_in_range(
+            self.forget_train, base.num_classes, f"forget set vs {self.base_classifier_dir}"
+        )
 
     # -- one run ---------------------------------------------------------------------------
 

@@ -1,0 +1,213 @@
+"""Train the built-in default's "original model" θ₀ once, and cache it by its recipe.
+
+Unlearning needs a model that *knows* the forget set. Real runs start from pretrained Hub
+weights; the offline default starts from a tiny randomly initialised model, so this module
+trains it on every training class first:
+
+- tiny CLIP: the whole CLIPModel (both towers, logit scale) with the zero-shot classification
+  loss, i.e. cross-entropy of exp(s)·norm(image) @ headᵀ where the head is recomputed from the
+  text tower at every step (prompt embeddings normalised, averaged per class, normalised), so
+  the text tower learns class prompts the image tower can match;
+- tiny ViT: plain cross-entropy on its classification head.
+
+The result is written with `ImageClassifier.save_pretrained` to `output_dir/<arch>-<hash>`, the
+hash covering model config, class names, data fingerprint and training recipe; a folder that
+already holds `pretrain.json` is reused without training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..checkpoints import atomic_write_text
+from ..errors import ConfigError
+from .grid import canonical_json
+
+PRETRAIN_RECORD_FILE = "pretrain.json"
+_RECIPE_VERSION = 1
+
+Objective = Callable[[Any], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """Defaults for one architecture: how long, how fast, and which loss."""
+
+    epochs: int
+    learning_rate: float
+    objective: Objective
+
+
+def _classification_objective(classifier: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def loss(pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(classifier(pixel_values), labels)
+
+    return loss
+
+
+def _clip_zero_shot_objective(classifier: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Zero-shot classification loss with a differentiable head (same recipe as the frozen head)."""
+    clip = classifier.clip_model
+    templates = classifier.config.prompt_templates
+    prompts = [template.replace("{}", name) for name in classifier.class_names for template in templates]
+    max_length = min(classifier.tokenizer.model_max_length, clip.config.text_config.max_position_embeddings)
+    tokens = classifier.tokenizer(
+        prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+
+    def loss(pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        device = pixel_values.device
+        text = clip.get_text_features(
+            input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
+        )
+        text = text if isinstance(text, torch.Tensor) else text.pooler_output
+        text = F.normalize(text, dim=-1).view(len(classifier.class_names), len(templates), -1).mean(dim=1)
+        head = F.normalize(text, dim=-1)
+        image = clip.get_image_features(pixel_values=pixel_values)
+        image = F.normalize(image if isinstance(image, torch.Tensor) else image.pooler_output, dim=-1)
+        return F.cross_entropy(clip.logit_scale.exp() * image @ head.T, labels)
+
+    return loss
+
+
+PRETRAIN_RECIPES: dict[str, PretrainRecipe] = {
+    "clip": PretrainRecipe(epochs=30, learning_rate=3e-3, objective=_clip_zero_shot_objective),
+    "vit": PretrainRecipe(epochs=30, learning_rate=2e-3, objective=_classification_objective),
+}
+
+
+def prepare_original_model(
+    model_config: Any,
+    dataset: Any,
+    output_dir: str | Path,
+    epochs: int | None = None,
+    learning_rate: float | None = None,
+    batch_size: int = 64,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    eval_dataset: Any | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train (or reuse) θ₀ on `dataset` (rows `image`, `label`) and return its classifier folder.
+
+    `class_names` default to the dataset's ClassLabel names. `eval_dataset`, when given, is
+    scored after training and its accuracy stored in `pretrain.json` (zero-shot for CLIP).
+    """
+    from ..data import require_class_names
+    from ..data.loading import check_labels_in_range
+    from ..models import build_classifier
+
+    if len(dataset) == 0:
+        raise ConfigError("prepare_original_model: the training dataset is empty.")
+    recipe = PRETRAIN_RECIPES.get(model_config.architecture)
+    if recipe is None:
+        raise ConfigError(
+            f"No pretraining recipe for architecture {model_config.architecture!r}; "
+            f"known: {', '.join(sorted(PRETRAIN_RECIPES))}."
+        )
+    names = require_class_names(class_names if class_names is not None else dataset, "the original model")
+    check_labels_in_range(dataset, len(names), "prepare_original_model dataset")
+    epochs = recipe.epochs if epochs is None else epochs
+    learning_rate = recipe.learning_rate if learning_rate is None else learning_rate
+    if epochs < 1 or learning_rate <= 0 or batch_size < 1:
+        raise ConfigError(
+            f"prepare_original_model needs epochs ≥ 1, learning_rate > 0, batch_size ≥ 1; "
+            f"got {epochs}, {learning_rate}, {batch_size}."
+        )
+    settings = {
+        "version": _RECIPE_VERSION,
+        "model_config": model_config.to_dict(),
+        "class_names": names,
+        "data_fingerprint": getattr(dataset, "_fingerprint", None) or str(len(dataset)),
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "weight_decay": weight_decay,
+        "seed": seed,
+    }
+    digest = hashlib.sha256(canonical_json(settings).encode("utf-8")).hexdigest()[:12]
+    target = Path(output_dir) / f"{model_config.architecture}-{digest}"
+    if (target / PRETRAIN_RECORD_FILE).is_file():
+        return target
+
+    started = time.time()
+    classifier = build_classifier(model_config, names)
+    for parameter in classifier.model.parameters():
+        parameter.requires_grad_(True)
+    pixels, labels = _encode(classifier, dataset)
+    objective = recipe.objective(classifier)
+    optimizer = torch.optim.AdamW(classifier.model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    steps_per_epoch = -(-len(labels) // batch_size)
+    scheduler = _warmup_cosine(optimizer, total_steps=epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    classifier.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in tqdm(
+            range(epochs), desc=f"pretrain {model_config.architecture}", unit="epoch", disable=not progress
+        ):
+            order = torch.randperm(len(labels), generator=generator)
+            for start in range(0, len(labels), batch_size):
+                batch = order[start : start + batch_size]
+                loss = objective(pixels[batch], labels[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(classifier.model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+    classifier.eval()
+    if hasattr(classifier, "rebuild_head"):  # the zero-shot head follows the trained text tower
+        classifier.rebuild_head()
+    classifier.mark_trainable()
+    record = {
+        **settings,
+        "seconds": round(time.time() - started, 2),
+        "train_accuracy": accuracy(classifier, dataset),
+    }
+    if eval_dataset is not None:
+        record["eval_accuracy"] = accuracy(classifier, eval_dataset)
+    classifier.save_pretrained(target)
+    atomic_write_text(target / PRETRAIN_RECORD_FILE, json.dumps(record, indent=2) + "\n")
+    return target
+
+
+@torch.no_grad()
+def accuracy(classifier: Any, dataset: Any, batch_size: int = 256) -> float:
+    """Top-1 accuracy of `classifier` on a dataset with `image` and `label` columns."""
+    pixels, labels = _encode(classifier, dataset)
+    was_training = classifier.training
+    classifier.eval()
+    correct = sum(
+        int((classifier(pixels[i : i + batch_size]).argmax(dim=-1) == labels[i : i + batch_size]).sum())
+        for i in range(0, len(labels), batch_size)
+    )
+    classifier.train(was_training)
+    return correct / len(labels)
+
+
+def _encode(classifier: Any, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images preprocessed once (small datasets: avoids re-running the processor every epoch)."""
+    from ..data.collate import ImageClassificationCollator
+
+    rows = [dataset[i] for i in range(len(dataset))]
+    batch = ImageClassificationCollator(classifier.preprocess)(rows)
+    return batch["pixel_values"], batch["labels"]
+
+
+def _warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    from transformers import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(optimizer, max(1, total_steps // 20), total_steps)
