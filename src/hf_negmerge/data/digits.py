@@ -11,8 +11,6 @@ import functools
 import datasets
 import numpy as np
 import PIL.Image
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from hf_negmerge.errors import ConfigError
 
@@ -44,6 +42,10 @@ def _digits_split(images: np.ndarray, labels: np.ndarray, sample_ids: np.ndarray
 
 @functools.lru_cache(maxsize=8)
 def _cached_digits(test_fraction: float, seed: int) -> datasets.DatasetDict:
+    # Imported here: scikit-learn takes seconds to import and most runs never touch the digits.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
     labels = np.asarray(bunch.target, dtype=np.int64)
     train_ids, test_ids = train_test_split(
