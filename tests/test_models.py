@@ -498,3 +498,15 @@ def test_eos_pooling_matches_legacy_argmax_pooling_and_mismatch_is_refused(tmp_p
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="eos_token_id=5"):
         ImageClassifier.from_pretrained(folder)
+
+
+def test_weights_load_as_float32_unless_asked_otherwise(tmp_path):
+    half = build_classifier(ModelConfig(architecture="vit", dtype="float16"), CLASSES)
+    assert half.model.dtype == torch.float16
+    half.save_pretrained(tmp_path / "half")
+    assert load_file(str(tmp_path / "half" / "model.safetensors"))["classifier.weight"].dtype == torch.float16
+    loaded = ImageClassifier.from_pretrained(tmp_path / "half")
+    assert loaded.model.dtype == torch.float32
+    assert ImageClassifier.from_pretrained(tmp_path / "half", dtype="auto").model.dtype == torch.float16
+    with pytest.raises(ConfigError, match="dtype"):
+        ModelConfig(dtype="fp8")

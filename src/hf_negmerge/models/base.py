@@ -8,7 +8,6 @@ folder loads both here and with transformers' own `from_pretrained`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -179,7 +178,7 @@ class ImageClassifier(nn.Module, ABC):
         if not wanted or missing:
             raise ConfigError(
                 f"LoRA target module(s) {missing or wanted} are not fine-tuned Linear layers of this "
-                f"{self.architecture} classifier (config: {self.config.freeze_attention=}); "
+                f"{self.architecture} classifier (freeze_attention={self.config.freeze_attention}); "
                 f"choose from {available}."
             )
         return [name for name, short in eligible.items() if short in wanted]
@@ -253,9 +252,6 @@ class ImageClassifier(nn.Module, ABC):
         )
         classifier.mark_trainable()
         return classifier
-
-    def _with_config(self, **changes: Any) -> None:
-        self.config = dataclasses.replace(self.config, **changes)
 
 
 def build_classifier(config: ModelConfig, class_names: Sequence[str]) -> ImageClassifier:

@@ -208,6 +208,8 @@ class CLIPZeroShotClassifier(ImageClassifier):
         tokenizer = build_word_level_tokenizer(prompts, model_max_length=text_positions)
         clip_config = _tiny_clip_config(config, tokenizer, text_positions, image_size)
         model = seeded_init(config.init_seed, lambda: CLIPModel(clip_config))
+        if config.dtype != "auto":
+            model = model.to(config.torch_dtype)
         processor = CLIPImageProcessor(
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
@@ -221,7 +223,7 @@ class CLIPZeroShotClassifier(ImageClassifier):
         cls, source: WeightsSource, config: ModelConfig, class_names: list[str]
     ) -> CLIPZeroShotClassifier:
         remote = {"trust_remote_code": config.trust_remote_code, **source.load_kwargs}
-        model = CLIPModel.from_pretrained(source.location, **source.load_kwargs)
+        model = CLIPModel.from_pretrained(source.location, dtype=config.torch_dtype, **source.load_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source.location, **remote)
         processor = AutoImageProcessor.from_pretrained(source.location, **remote)
         _check_tokenizer_matches(model, tokenizer, source.location)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
 from ..errors import ConfigError
 
 # A small, generic subset of the CLIP paper's ImageNet prompt ensemble: enough to average out
@@ -17,6 +19,8 @@ DEFAULT_PROMPT_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",
     "a good photo of a {}.",
 )
+
+WEIGHT_DTYPES = {"float32", "bfloat16", "float16", "auto"}
 
 
 @dataclass
@@ -65,6 +69,13 @@ class ModelConfig:
     revision: str | None = field(
         default=None, metadata={"help": "Hub revision (branch, tag or commit) when name_or_path is a Hub id."}
     )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Weight dtype: float32 (exact task vectors, stable fine-tuning), bfloat16, float16, "
+            "or auto (whatever the checkpoint stores)."
+        },
+    )
     init_seed: int = field(
         default=0, metadata={"help": "Seed of the random initialisation of tiny models (reproducible θ₀)."}
     )
@@ -111,8 +122,15 @@ class ModelConfig:
         for flag in ("freeze_attention", "train_projection", "trust_remote_code"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"ModelConfig.{flag} must be True or False, got {getattr(self, flag)!r}.")
+        if self.dtype not in WEIGHT_DTYPES:
+            raise ConfigError(f"ModelConfig.dtype={self.dtype!r} is not one of {sorted(WEIGHT_DTYPES)}.")
         if isinstance(self.init_seed, bool) or not isinstance(self.init_seed, int):
             raise ConfigError(f"ModelConfig.init_seed must be an integer, got {self.init_seed!r}.")
+
+    @property
+    def torch_dtype(self) -> torch.dtype | str:
+        """The `dtype` argument for transformers' `from_pretrained` ("auto" passes through)."""
+        return self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

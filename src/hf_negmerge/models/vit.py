@@ -69,6 +69,8 @@ class ViTClassifier(ImageClassifier):
             **{**_TINY_VIT, **config.tiny}, image_size=image_size, num_channels=3, **_label_maps(class_names)
         )
         model = seeded_init(config.init_seed, lambda: ViTForImageClassification(vit_config))
+        if config.dtype != "auto":
+            model = model.to(config.torch_dtype)
         processor = ViTImageProcessor(
             size={"height": image_size, "width": image_size},
             do_resize=True,
@@ -85,7 +87,11 @@ class ViTClassifier(ImageClassifier):
         _reject_clip_only_switches(config)
         # A head of another size (e.g. ImageNet's 1000 classes) is re-initialised for class_names.
         model = ViTForImageClassification.from_pretrained(
-            source.location, ignore_mismatched_sizes=True, **_label_maps(class_names), **source.load_kwargs
+            source.location,
+            dtype=config.torch_dtype,
+            ignore_mismatched_sizes=True,
+            **_label_maps(class_names),
+            **source.load_kwargs,
         )
         processor = AutoImageProcessor.from_pretrained(
             source.location, trust_remote_code=config.trust_remote_code, **source.load_kwargs
