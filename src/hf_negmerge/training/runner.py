@@ -136,6 +136,9 @@ class GridRunner:
 
         base = ImageClassifier.from_pretrained(self.base_classifier_dir)
         self._check_labels(base)
+        for point in self.points:  # a bad LoRA target fails now, not after hours of other runs
+            if point.hyperparameters.uses_lora:
+                base.lora_target_modules(point.hyperparameters.lora_target_modules)
         accelerator = self.accelerator
         plan = self._plan() if accelerator.is_main_process else None
         plan = _broadcast(accelerator, plan)
