@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import math
+import shutil
 import socket
 from pathlib import Path
 
@@ -271,6 +272,20 @@ def test_card_data_rejects_bad_input_with_a_clear_message(change: dict, message:
     }
     with pytest.raises(ConfigError, match=message):
         UnlearningCardData(**values)
+
+
+def test_clip_output_gets_a_zero_shot_card(run: Run, tmp_path: Path) -> None:
+    folder = tmp_path / "clip-run"
+    shutil.copytree(run.out, folder)
+    model_config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**model_config, "architectures": ["CLIPModel"]}))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    prepare_upload_folder(folder, staging, repo_id=REPO)
+    card = ModelCard.load(staging / "README.md")
+    assert card.data.pipeline_tag == "zero-shot-image-classification"
+    assert {r.task_type for r in card.data.eval_results} == {"zero-shot-image-classification"}
+    assert f'AutoModel.from_pretrained("{REPO}")' in card.text
 
 
 # -- sparse negation vector --------------------------------------------------------------------------------------

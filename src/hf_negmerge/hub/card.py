@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,8 +214,8 @@ class UnlearningCardData:
         """Adapter for the unlearning run's `metrics.json` (a path or the parsed dict).
 
         Reads method, scale, base_model, forget/retain/test/control datasets (an id or a mapping
-        with dataset/split/config/name/subset), scenario, original, unlearned, lambda_curve,
-        selection, grid, kept_fraction, comparison. Missing optional parts are left out of the
+        with dataset/split/config/name/subset), scenario, task_type, original, unlearned,
+        lambda_curve, selection, grid, kept_fraction, comparison, config, recipe, license. Missing optional parts are left out of the
         card. Retain and test sets default to the forget set's dataset (subsets of one dataset in
         the class/random scenarios) when their numbers are present. `overrides` win.
         """
@@ -255,6 +255,7 @@ class UnlearningCardData:
             "comparison",
             "recipe",
             "license",
+            "task_type",
         ):
             if metrics.get(key) is not None:
                 values[key] = metrics[key]
@@ -443,16 +444,34 @@ def _method_section(data: UnlearningCardData) -> list[str]:
     return lines
 
 
+#: transformers auto class that loads a model for each task (CLIP zero-shot models load with AutoModel).
+AUTO_CLASS_FOR_TASK = {
+    "image-classification": "AutoModelForImageClassification",
+    "zero-shot-image-classification": "AutoModel",
+}
+
+
+def task_for_architectures(architectures: Sequence[str]) -> str | None:
+    """The pipeline task of a saved model's `config.json` architectures, when hf-negmerge knows it."""
+    for architecture in architectures:
+        if architecture.endswith("ForImageClassification"):
+            return "image-classification"
+        if architecture == "CLIPModel":
+            return "zero-shot-image-classification"
+    return None
+
+
 def _usage_section(data: UnlearningCardData) -> list[str]:
     repo = data.repo_id or "<this-repo>"
     base = data.base_model[0] if isinstance(data.base_model, list) else data.base_model
+    auto_class = AUTO_CLASS_FOR_TASK.get(data.task_type, "AutoModel")
     lines = [
         "## How to use",
         "",
         "```python",
-        "from transformers import AutoModelForImageClassification",
+        f"from transformers import {auto_class}",
         "",
-        f'model = AutoModelForImageClassification.from_pretrained("{repo}")',
+        f'model = {auto_class}.from_pretrained("{repo}")',
         "```",
         "",
     ]
@@ -462,11 +481,11 @@ def _usage_section(data: UnlearningCardData) -> list[str]:
             "`negation_vector_config.json`), so the same unlearning can be applied to the base model:",
             "",
             "```python",
-            "from transformers import AutoModelForImageClassification",
+            f"from transformers import {auto_class}",
             "from hf_negmerge.hub import NegationVector",
             "",
             f'vector = NegationVector.from_pretrained("{repo}")',
-            f'model = AutoModelForImageClassification.from_pretrained("{base}")',
+            f'model = {auto_class}.from_pretrained("{base}")',
             "vector.apply_to(model)  # θ₀ − λ·τ with the stored λ, in place",
             "```",
             "",

@@ -20,7 +20,7 @@ from ..config import CONFIG_NAME, NegMergeConfig
 from ..errors import CheckpointError, ConfigError
 from ..task_vector import TaskVector
 from ._upload import check_repo_id, upload_folder_to_repo
-from .card import CARD_NAME, UnlearningCardData, write_model_card
+from .card import CARD_NAME, UnlearningCardData, task_for_architectures, write_model_card
 from .negation_vector import NegationVector
 
 METRICS_NAME = "metrics.json"
@@ -60,6 +60,16 @@ def _link_or_copy(source: Path, destination: Path) -> None:
         os.link(source, destination)
     except OSError:
         shutil.copy2(source, destination)
+
+
+def _model_architectures(output_dir: Path) -> list[str]:
+    try:
+        architectures = json.loads((output_dir / MODEL_CONFIG_NAME).read_text(encoding="utf-8")).get(
+            "architectures"
+        )
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise CheckpointError(f"{output_dir / MODEL_CONFIG_NAME} is not a model config: {error}") from error
+    return [str(name) for name in architectures or []]
 
 
 def _read_metrics(output_dir: Path) -> dict:
@@ -119,6 +129,9 @@ def _assemble(
             overrides["config"] = config
         if base_model is not None:
             overrides["base_model"] = base_model
+        task = task_for_architectures(_model_architectures(output_dir))
+        if task is not None and "task_type" not in metrics:
+            overrides["task_type"] = task
         card_data = UnlearningCardData.from_metrics_json(metrics, **overrides)
     for path in files:
         _link_or_copy(path, staging / path.name)
