@@ -252,6 +252,43 @@ def test_card_tolerates_missing_optional_parts(tmp_path: Path) -> None:
     assert "Fine-tuning runs" not in card.text and "λ curve" not in card.text
 
 
+def test_card_from_a_pipeline_style_metrics_file_without_a_hub_base_model(tmp_path: Path) -> None:
+    metrics = {
+        "method": "uniform",
+        "scale": 0.4,
+        "base_model": None,  # θ₀ built from a config: nothing on the Hub to link
+        "forget_dataset": "digits",
+        "control_dataset": None,
+        "scenario": "class",
+        "forget_classes": [3],
+        "data": {"forget_classes": ["three"]},
+        "original": {"forget_accuracy": 99.0, "retain_accuracy": 98.0, "test_accuracy": 98.1},
+        "unlearned": {
+            "forget_accuracy": 5.0,
+            "retain_accuracy": 90.0,
+            "test_accuracy": 81.0,
+            "unlearn_accuracy": 95.0,
+        },
+        "retrain": {"forget_accuracy": 0.0, "retain_accuracy": 98.5, "test_accuracy": 88.0},
+        "selection": {"qualified": False, "reason": "no λ kept retain ≥ 93.1; took the least retain drop"},
+        "kept_fraction": 0.2,
+    }
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    data = UnlearningCardData.from_metrics_json(tmp_path / "metrics.json")
+    card = ModelCard.load(write_model_card(data, tmp_path))
+    meta = card.data.to_dict()
+    assert "base_model" not in meta and "base_model_relation" not in meta
+    assert "datasets" not in meta  # "digits" is no namespaced Hub dataset id
+    by_role = {r.dataset_args["role"]: r for r in card.data.eval_results}
+    assert by_role["forget"].dataset_args["subset"] == "class three"
+    assert by_role["retain"].dataset_args["subset"] == "the other classes"
+    assert by_role["test"].metric_value == 81.0
+    text = card.text
+    assert "a model built from a config" in text and "averaged element by element" in text
+    assert "**fallback rule**" in text and "Consensus sparsity" not in text  # sparsity is a negmerge notion
+    assert "retrained without forget set" in text and "88.00" in text
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

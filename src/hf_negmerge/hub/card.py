@@ -17,6 +17,7 @@ that share (task, dataset type, config, split, revision), so each role gets its 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import numbers
@@ -108,19 +109,28 @@ class DatasetRef:
 
 @dataclass
 class UnlearningCardData:
-    """Everything a card for an unlearned model reports. Only the first four fields are required."""
+    """Everything a card for an unlearned model reports. Only the first three fields are required."""
 
     model_name: str = field(metadata={"help": "Name shown on the card and in the model-index."})
-    base_model: str | list[str] = field(metadata={"help": "Hub id of the original model θ₀ (or a list)."})
     forget_set: DatasetRef = field(metadata={"help": "The data the model was made to forget."})
     unlearned: dict[str, float] = field(
         metadata={"help": "Measured numbers of the unlearned model, keys as in REPORTED_METRICS (percent)."}
+    )
+    base_model: str | list[str] | None = field(
+        default=None,
+        metadata={"help": "Hub id of the original model θ₀ (or a list); None when θ₀ is not on the Hub."},
+    )
+    original_model_label: str | None = field(
+        default=None, metadata={"help": "How to name θ₀ in the text when it is not on the Hub."}
     )
     scale: float | None = field(
         default=None, metadata={"help": "The negation coefficient λ that was applied."}
     )
     original: dict[str, float] | None = field(
         default=None, metadata={"help": "Same numbers for the original model."}
+    )
+    retrain: dict[str, float] | None = field(
+        default=None, metadata={"help": "Same numbers for a model retrained without the forget set."}
     )
     retain_set: DatasetRef | None = None
     test_set: DatasetRef | None = None
@@ -162,21 +172,22 @@ class UnlearningCardData:
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not self.model_name.strip():
             raise ConfigError("UnlearningCardData.model_name is required (the model-index needs a name).")
-        parents = self.base_model if isinstance(self.base_model, list) else [self.base_model]
-        bad_parents = [
-            parent for parent in parents if not isinstance(parent, str) or not looks_like_repo_id(parent)
-        ]
-        if not parents or bad_parents:
-            raise ConfigError(
-                f"UnlearningCardData.base_model must be the Hub id(s) of the original model ('org/name'), "
-                f"got {bad_parents or self.base_model!r}; a local path cannot be linked from a card."
-            )
+        if self.base_model is not None:
+            parents = self.base_model if isinstance(self.base_model, list) else [self.base_model]
+            bad_parents = [
+                parent for parent in parents if not isinstance(parent, str) or not looks_like_repo_id(parent)
+            ]
+            if not parents or bad_parents:
+                raise ConfigError(
+                    f"UnlearningCardData.base_model must be the Hub id(s) of the original model ('org/name') "
+                    f"or None, got {bad_parents or self.base_model!r}; a local path cannot be linked from a card."
+                )
         self.forget_set = DatasetRef.coerce(self.forget_set, "UnlearningCardData.forget_set")
         for role in ("retain", "test", "control"):
             value = getattr(self, f"{role}_set")
             if value is not None:
                 setattr(self, f"{role}_set", DatasetRef.coerce(value, f"UnlearningCardData.{role}_set"))
-        for name in ("unlearned", "original"):
+        for name in ("unlearned", "original", "retrain"):
             values = getattr(self, name)
             if values is None:
                 continue
@@ -214,67 +225,99 @@ class UnlearningCardData:
         """Adapter for the unlearning run's `metrics.json` (a path or the parsed dict).
 
         Reads method, scale, base_model, forget/retain/test/control datasets (an id or a mapping
-        with dataset/split/config/name/subset), scenario, task_type, original, unlearned,
-        lambda_curve, selection, grid, kept_fraction, comparison, config, recipe, license. Missing optional parts are left out of the
-        card. Retain and test sets default to the forget set's dataset (subsets of one dataset in
-        the class/random scenarios) when their numbers are present. `overrides` win.
+        with dataset/split/config/name/subset), scenario, forget_classes, task_type, original,
+        unlearned, retrain, lambda_curve, selection, grid, kept_fraction, comparison, config,
+        recipe, license; missing optional parts are left out of the card. Retain and test sets
+        default to the forget set's dataset when their numbers are present (in the 'class' and
+        'random' scenarios they are parts of one dataset). A base_model that is not a Hub id (a
+        local folder, or None for a model built from a config) is named in the text only.
+        `overrides` win over everything read.
         """
-        source = "metrics.json"
-        if not isinstance(metrics, Mapping):
-            source = str(metrics)
-            try:
-                metrics = json.loads(Path(metrics).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as error:
-                raise ConfigError(f"Cannot read {source}: {error}") from error
-            if not isinstance(metrics, Mapping):
-                raise ConfigError(f"{source} must hold a JSON object.")
+        metrics, source = _load_metrics(metrics)
         values: dict[str, Any] = {}
         forget = overrides.get("forget_set", metrics.get("forget_set", metrics.get("forget_dataset")))
         if forget is None:
             raise ConfigError(f"{source} names no forget dataset ('forget_dataset'); pass forget_set=...")
-        values["forget_set"] = DatasetRef.coerce(forget, f"{source}: forget_dataset")
+        forget_ref = DatasetRef.coerce(forget, f"{source}: forget_dataset")
         unlearned = metrics.get("unlearned")
         if not isinstance(unlearned, Mapping):
             raise ConfigError(f"{source} has no 'unlearned' metrics mapping.")
         values["unlearned"] = dict(unlearned)
+        subsets = _scenario_subsets(metrics)
+        if forget_ref.subset is None and "forget" in subsets:
+            forget_ref = dataclasses.replace(forget_ref, subset=subsets["forget"])
+        values["forget_set"] = forget_ref
         for role in ("retain", "test", "control"):
             ref = metrics.get(f"{role}_set", metrics.get(f"{role}_dataset"))
             if ref is None and role != "control" and f"{role}_accuracy" in unlearned:
-                ref = DatasetRef(values["forget_set"].dataset, config=values["forget_set"].config)
+                ref = DatasetRef(forget_ref.dataset, config=forget_ref.config, name=forget_ref.name)
             if ref is not None:
-                values[f"{role}_set"] = DatasetRef.coerce(ref, f"{source}: {role}_dataset")
+                ref = DatasetRef.coerce(ref, f"{source}: {role}_dataset")
+                if ref.subset is None and role in subsets:
+                    ref = dataclasses.replace(ref, subset=subsets[role])
+                values[f"{role}_set"] = ref
         base_model = metrics.get("base_model")
-        if base_model is not None:
+        if isinstance(base_model, str) and looks_like_repo_id(base_model) and not Path(base_model).exists():
             values["base_model"] = base_model
-        for key in (
-            "scale",
-            "method",
-            "scenario",
-            "grid",
-            "kept_fraction",
-            "comparison",
-            "recipe",
-            "license",
-            "task_type",
-        ):
+        else:  # a local folder or a model built from a config: nothing on the Hub to link
+            values["original_model_label"] = (
+                f"a local model (`{Path(base_model).name}`)" if base_model else "a model built from a config"
+            )
+        optional = ("scale", "method", "scenario", "grid", "kept_fraction", "comparison", "recipe", "license")
+        for key in (*optional, "task_type"):
             if metrics.get(key) is not None:
                 values[key] = metrics[key]
-        if isinstance(metrics.get("original"), Mapping):
-            values["original"] = dict(metrics["original"])
+        for key in ("original", "retrain"):
+            if isinstance(metrics.get(key), Mapping):
+                values[key] = dict(metrics[key])
         if metrics.get("lambda_curve"):
             values["lambda_curve"] = [dict(point) for point in metrics["lambda_curve"]]
         selection = metrics.get("selection", metrics.get("lambda_selection"))
         if isinstance(selection, Mapping):
-            values["lambda_selection"] = {key: item for key, item in selection.items() if key != "curve"}
+            values["lambda_selection"] = {
+                key: item for key, item in selection.items() if key in ("qualified", "reason", "threshold")
+            }
         if isinstance(metrics.get("config"), Mapping):
             values["config"] = dict(metrics["config"])
         values.update(overrides)
-        if "base_model" not in values:
-            raise ConfigError(f"{source} names no base_model; pass base_model=...")
+        if values.get("base_model") is not None:
+            values.pop("original_model_label", None)
         if model_name is None:
-            model_name = str(values.get("repo_id") or f"{_short(values['base_model'])}-negmerge-unlearned")
-            model_name = model_name.split("/")[-1]
+            stem = _short(values["base_model"]) if values.get("base_model") else "model"
+            model_name = str(values.get("repo_id") or f"{stem}-negmerge-unlearned").split("/")[-1]
         return cls(model_name=model_name, **values)
+
+
+def _load_metrics(metrics: str | Path | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    if isinstance(metrics, Mapping):
+        return metrics, "metrics.json"
+    try:
+        loaded = json.loads(Path(metrics).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"Cannot read {metrics}: {error}") from error
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"{metrics} must hold a JSON object.")
+    return loaded, str(metrics)
+
+
+def _scenario_subsets(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """Which part of the dataset each role is, from the run's scenario (see docs/data.md)."""
+    scenario = metrics.get("scenario")
+    if scenario == "class":
+        data = metrics.get("data")
+        classes = (data.get("forget_classes") if isinstance(data, Mapping) else None) or metrics.get(
+            "forget_classes"
+        )
+        named = ", ".join(str(c) for c in classes) if classes else None
+        forget = (
+            f"class{'es' if classes and len(classes) > 1 else ''} {named}"
+            if named
+            else "the forgotten classes"
+        )
+        return {"forget": forget, "retain": "the other classes"}
+    if scenario == "random":
+        return {"forget": "a random subset of the training split", "retain": "the rest of the training split"}
+    return {}
 
 
 def _is_number(value: Any) -> bool:
@@ -320,16 +363,23 @@ def eval_results(data: UnlearningCardData) -> list[EvalResult]:
 
 
 def card_metadata(data: UnlearningCardData) -> ModelCardData:
-    datasets = []
+    datasets = []  # only namespaced Hub ids: the Hub links these, and local names would be dead links
     for role in ROLES:
         ref = data.dataset_for(role)
-        if ref is not None and ref.dataset not in datasets:
+        if (
+            ref is not None
+            and "/" in ref.dataset
+            and looks_like_repo_id(ref.dataset)
+            and ref.dataset not in datasets
+        ):
             datasets.append(ref.dataset)
     tags = [*DEFAULT_TAGS, *([f"unlearning-{data.scenario}"] if data.scenario else []), *data.tags]
     results = eval_results(data)
+    lineage = (
+        {"base_model": data.base_model, "base_model_relation": BASE_MODEL_RELATION} if data.base_model else {}
+    )
     return ModelCardData(
-        base_model=data.base_model,
-        base_model_relation=BASE_MODEL_RELATION,
+        **lineage,
         library_name="transformers",
         license=data.license,
         pipeline_tag=data.task_type,
@@ -361,6 +411,7 @@ _RESULT_COLUMNS = (
     Column("original", "original", 2),
     Column("unlearned", "unlearned", 2),
     Column("change", "change", 2),
+    Column("retrain", "retrained without forget set", 2),
     Column("wanted", "wanted"),
 )
 
@@ -378,12 +429,16 @@ def _results_section(data: UnlearningCardData) -> list[str]:
             "original": float(before) if _is_number(before) else None,
             "unlearned": float(value),
             "change": float(value) - float(before) if _is_number(before) else None,
+            "retrain": float(retrained) if _is_number(retrained := (data.retrain or {}).get(key)) else None,
             "wanted": metric.direction,
         }
         rows.append(row)
     lines = ["## Results", ""]
     lines.append("Percentages as measured by hf-negmerge's evaluation (test-split numbers at the chosen λ).")
-    lines += ["", markdown_table(rows, _RESULT_COLUMNS), ""]
+    columns = [
+        c for c in _RESULT_COLUMNS if c.key != "retrain" or any(r["retrain"] is not None for r in rows)
+    ]
+    lines += ["", markdown_table(rows, columns), ""]
     lines += ["| set | data |", "|---|---|"]
     lines += [
         f"| {role} | {_describe_set(data.dataset_for(role))} |" for role in ROLES if data.dataset_for(role)
@@ -392,20 +447,31 @@ def _results_section(data: UnlearningCardData) -> list[str]:
     return lines
 
 
+#: How each merge method combined the task vectors, in words (methods of hf_negmerge.merging).
+MERGE_DESCRIPTIONS = {
+    "negmerge": "merged by sign consensus (an element is kept only where the runs agree in sign; its "
+    "value is their mean; elsewhere it is zero)",
+    "task_arithmetic": "used one at a time (plain task arithmetic, no merge)",
+    "uniform": "averaged element by element (uniform merge)",
+    "ties": "merged with TIES (trim by magnitude, elect a sign, average the agreeing entries)",
+    "magmax": "merged with MagMax (per element, the value of largest magnitude)",
+}
+
+
 def _method_section(data: UnlearningCardData) -> list[str]:
     lambda_text = f"λ = {format_value(data.scale, 2)}" if data.scale is not None else "λ (not recorded)"
     runs = len(data.grid) if data.grid else None
     lines = ["## How it was made", ""]
+    combination = MERGE_DESCRIPTIONS.get(data.method, f"combined with the `{data.method}` merge method")
     lines.append(
-        f"Method: **{data.method}** ([NegMerge, ICML 2025]({PAPER_URL})). "
+        f"Method: **{data.method}** (hf-negmerge; NegMerge is [ICML 2025]({PAPER_URL})). "
         + (f"{runs} copies" if runs else "Several copies")
-        + " of the base model were fine-tuned **on the forget set only**, each with different "
-        "hyperparameters. Their task vectors τₖ = θₖ − θ₀ were merged by sign consensus (an element is "
-        "kept only where the runs agree in sign; its value is the mean), and the merged vector was "
+        + " of the original model were fine-tuned **on the forget set only**, each with different "
+        f"hyperparameters. Their task vectors τₖ = θₖ − θ₀ were {combination}, and the result was "
         f"negated: θ = θ₀ − λ·τ with {lambda_text}."
     )
     lines.append("")
-    if data.kept_fraction is not None:
+    if data.kept_fraction is not None and data.method == "negmerge":
         lines.append(
             f"Consensus sparsity: {100 * data.kept_fraction:.2f}% of the task-vector elements survived the "
             f"consensus ({100 * (1 - data.kept_fraction):.2f}% are exactly zero), so only those weights differ "
@@ -463,7 +529,10 @@ def task_for_architectures(architectures: Sequence[str]) -> str | None:
 
 def _usage_section(data: UnlearningCardData) -> list[str]:
     repo = data.repo_id or "<this-repo>"
-    base = data.base_model[0] if isinstance(data.base_model, list) else data.base_model
+    if data.base_model:
+        base = data.base_model[0] if isinstance(data.base_model, list) else data.base_model
+    else:
+        base = "<folder of the original model>"
     auto_class = AUTO_CLASS_FOR_TASK.get(data.task_type, "AutoModel")
     lines = [
         "## How to use",
@@ -533,14 +602,17 @@ def build_model_card(data: UnlearningCardData) -> ModelCard:
     """A `ModelCard` whose YAML parses back with huggingface_hub and whose body documents the run."""
     metadata = card_metadata(data)
     forget = data.forget_set
+    if data.base_model:
+        first = data.base_model[0] if isinstance(data.base_model, list) else data.base_model
+        original = f"[`{first}`](https://huggingface.co/{first})"
+    else:
+        original = data.original_model_label or "its original model"
     body = [
         f"# {data.model_name}",
         "",
-        f"This model is [`{_short(data.base_model)}`](https://huggingface.co/"
-        f"{data.base_model[0] if isinstance(data.base_model, list) else data.base_model}) with "
-        f"{forget.subset or 'the data'} of `{forget.name or forget.dataset}` **unlearned** by NegMerge: "
-        "the sign-consensus merge of several forget-set fine-tunes was subtracted from its weights. "
-        "Made with hf-negmerge; read *Limitations* before use.",
+        f"This model is {original} with {forget.subset or 'the data'} of `{forget.name or forget.dataset}` "
+        f"**unlearned** with {data.method}: a vector learned by fine-tuning on that data was subtracted from "
+        "its weights. Made with hf-negmerge; read *Limitations* before use.",
         "",
         *_results_section(data),
         *_method_section(data),
