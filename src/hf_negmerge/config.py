@@ -14,18 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .lambda_search import FALLBACKS, default_lambda_grid
 
 CONFIG_NAME = "negmerge_config.json"
 
 ACCUMULATION_DTYPES = ("float32", "float64")
 MAJORITY_SIGN_METHODS = ("total", "frequency")
-LAMBDA_FALLBACKS = ("least_retain_drop", "error")
-
-
-def default_lambda_grid(stop: float = 1.0, step: float = 0.05) -> list[float]:
-    """The authors' grid {0, 0.05, …, 1.0}, rounded so the values print and compare cleanly."""
-    count = round(stop / step)
-    return [round(i * step, 10) for i in range(count + 1)]
 
 
 @dataclass
@@ -105,7 +99,7 @@ class NegMergeConfig:
             raise ConfigError(f"NegMergeConfig.density={self.density} must be in (0, 1].")
         _check_choice("majority_sign_method", self.majority_sign_method, MAJORITY_SIGN_METHODS)
         _check_choice("accumulation_dtype", self.accumulation_dtype, ACCUMULATION_DTYPES)
-        _check_choice("fallback", self.fallback, LAMBDA_FALLBACKS)
+        _check_choice("fallback", self.fallback, tuple(FALLBACKS))
         for name in ("include", "exclude"):
             patterns = getattr(self, name)
             if patterns is not None:

@@ -16,6 +16,7 @@ from ..errors import NegMergeError
 
 # name -> (module, one-line help). Add a command by adding a module and a row here.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "unlearn": ("hf_negmerge.cli.unlearn", "Run an unlearning recipe end to end (default: built-in digits)."),
     "merge": (
         "hf_negmerge.cli.merge",
         "Merge fine-tuned checkpoints into a task vector (and optionally unlearn).",

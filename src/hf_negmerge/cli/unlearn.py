@@ -1,0 +1,48 @@
+"""`hf-negmerge unlearn`: run a recipe end to end (the built-in digits default with no arguments)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..recipe import available_recipes, load_recipe
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=None,
+        help=f"Recipe YAML file or packaged recipe name (default: 'default'; packaged: {', '.join(available_recipes())}).",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="Recipe overrides, e.g. grid.base.epochs=2 merge.retain_ratio=0.9",
+    )
+    parser.add_argument("--output-dir", default=None, help="Shortcut for output_dir=...")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="Validate the recipe and print the plan; run nothing."
+    )
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    recipe = load_recipe(args.config, overrides)
+    from ..pipeline import describe_plan
+
+    print(describe_plan(recipe))
+    if args.dry_run:
+        return 0
+    from ..evaluation import markdown_table
+    from ..pipeline import run_unlearning
+
+    outcome = run_unlearning(recipe, progress=not args.no_progress)
+    print()
+    print(markdown_table(outcome.rows()))
+    print()
+    print(outcome.main.selection.reason)
+    print(f"Unlearned model and report written to {outcome.output_dir} ({outcome.seconds['total']:.0f} s).")
+    return 0

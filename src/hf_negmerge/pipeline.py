@@ -1,0 +1,496 @@
+"""The whole unlearning run: data → θ₀ → grid → merges → λ search → test evaluation → outputs.
+
+Every stage that costs time is resumable: θ₀ is cached by its settings, finished grid runs are
+skipped, and the final artifacts are written only once everything has been measured.
+
+Output folder (`recipe.output_dir`), pushable as is (`work/` is ignored by `hf-negmerge push`):
+
+    config.json, model.safetensors, preprocessor_config.json, (tokenizer files), hf_negmerge_classifier.json
+                                 the unlearned classifier, loadable with from_pretrained
+    negmerge_config.json         how it was merged
+    merged_task_vector.safetensors   τ of the chosen method (θ_u = θ₀ − λ·τ)
+    metrics.json, report.md      measured results (validation curve, test numbers, comparison)
+    comparison.md, comparison.json
+    lambda_curves.png, kept_fraction.png
+    recipe.yaml                  the resolved recipe
+    README.md                    model card
+    work/grid/                   the fine-tuning runs (resumable), work/original/ when θ₀ was built here
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import atomic_output_dir, atomic_write_text
+from .config import NegMergeConfig
+from .data import UnlearningData, build_unlearning_data, load_image_dataset
+from .errors import ConfigError
+from .evaluation import Predictions, avg_gap, mia_efficacy, predict
+from .lambda_search import LambdaPoint, LambdaSelection, search_lambda
+from .merging import MergeResult, merge_task_vectors
+from .recipe import UnlearnRecipe
+from .task_vector import TaskVector
+
+logger = logging.getLogger(__name__)
+
+WORK_DIR = "work"
+MERGED_VECTOR_NAME = "merged_task_vector.safetensors"
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("HF_NEGMERGE_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
+    )
+    return Path(root) / "hf_negmerge"
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation on pre-encoded splits: each image is preprocessed once, however many λ are tried.
+
+
+@dataclass
+class EncodedSplit:
+    name: str
+    pixel_values: torch.Tensor
+    labels: torch.Tensor
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, len(self.labels), batch_size):
+            yield {
+                "pixel_values": self.pixel_values[start : start + batch_size],
+                "labels": self.labels[start : start + batch_size],
+            }
+
+
+def encode_split(classifier: Any, dataset: Any, name: str, batch_size: int = 256) -> EncodedSplit:
+    pixels, labels = [], []
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start : start + batch_size]
+        pixels.append(classifier.preprocess([image.convert("RGB") for image in rows["image"]]))
+        labels.append(torch.as_tensor(rows["label"], dtype=torch.long))
+    return EncodedSplit(name, torch.cat(pixels), torch.cat(labels))
+
+
+class Evaluator:
+    """Applies θ₀ − λ·τ to one working copy of the classifier and scores encoded splits."""
+
+    def __init__(self, classifier: Any, splits: dict[str, EncodedSplit], batch_size: int) -> None:
+        self.classifier = classifier.eval()
+        self.splits = splits
+        self.batch_size = batch_size
+        self._base_state = {key: value.clone() for key, value in classifier.model.state_dict().items()}
+
+    def set_weights(self, vector: TaskVector | None, scale: float) -> None:
+        self.classifier.model.load_state_dict(self._base_state)
+        if vector is not None and scale != 0.0:
+            vector.apply_to(self.classifier.model, scale=-scale)
+
+    def predict(self, split: str) -> Predictions:
+        return predict(self.classifier, self.splits[split].batches(self.batch_size))
+
+    def accuracy(self, split: str) -> float:
+        return self.predict(split).accuracy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Results.
+
+
+@dataclass
+class MethodOutcome:
+    """One merge method's chosen λ, its validation curve and its test numbers (percent)."""
+
+    method: str
+    label: str
+    selection: LambdaSelection
+    test: dict[str, float]
+    kept_fraction: float | None = None
+    run_id: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "method": self.label,
+            "scale": self.selection.scale,
+            "qualified": self.selection.qualified,
+            "val_forget_accuracy": self.selection.point.forget_accuracy,
+            "val_retain_accuracy": self.selection.point.retain_accuracy,
+            **self.test,
+            "kept_fraction": self.kept_fraction,
+        }
+
+
+@dataclass
+class UnlearningOutcome:
+    output_dir: Path
+    original: dict[str, float]
+    main: MethodOutcome
+    comparison: list[MethodOutcome]
+    per_run: list[MethodOutcome]
+    retrain: dict[str, float] | None
+    merge: MergeResult
+    data_summary: dict[str, Any]
+    run_ids: list[str]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = [{"method": "original", "scale": 0.0, **self.original}]
+        if self.retrain is not None:
+            rows.append({"method": "retrain", **self.retrain})
+        rows += [outcome.row() for outcome in [self.main, *self.comparison]]
+        return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages.
+
+
+def _full_train_split(recipe: UnlearnRecipe) -> Any:
+    data = recipe.data
+    return load_image_dataset(
+        data.dataset,
+        split=data.train_split,
+        image_column=data.image_column,
+        label_column=data.label_column,
+        class_names=data.class_names,
+    )
+
+
+def prepare_original(recipe: UnlearnRecipe, data: UnlearningData, work: Path, progress: bool) -> Path:
+    """θ₀'s classifier folder: given, trained here (cached), or built from `model` and saved."""
+    from .models import build_classifier
+    from .training.pretrain import prepare_original_model
+
+    if recipe.original.path is not None:
+        return Path(recipe.original.path)
+    if data.class_names is None:
+        raise ConfigError("The forget dataset has no class names; set data.class_names (CLIP needs them).")
+    if recipe.original.train:
+        cache = (
+            Path(recipe.original.cache_dir)
+            if recipe.original.cache_dir
+            else default_cache_dir() / "originals"
+        )
+        return prepare_original_model(
+            recipe.model,
+            _full_train_split(recipe),
+            cache,
+            epochs=recipe.original.epochs,
+            learning_rate=recipe.original.learning_rate,
+            batch_size=recipe.original.batch_size,
+            seed=recipe.seed,
+            class_names=data.class_names,
+            progress=progress,
+        )
+    target = work / "original"
+    if not (target / "hf_negmerge_classifier.json").is_file():
+        build_classifier(recipe.model, data.class_names).save_pretrained(target)
+    return target
+
+
+def prepare_retrained(recipe: UnlearnRecipe, data: UnlearningData, progress: bool) -> Path | None:
+    """A model trained from scratch without the forget set (the 'Retrain' reference)."""
+    from datasets import concatenate_datasets
+
+    from .training.pretrain import prepare_original_model
+
+    if data.retain_train is None:
+        logger.warning("Retrain reference skipped: scenario %r has no retain set.", data.scenario)
+        return None
+    retain = concatenate_datasets([part for part in (data.retain_train, data.retain_val) if part is not None])
+    cache = (
+        Path(recipe.original.cache_dir) if recipe.original.cache_dir else default_cache_dir() / "originals"
+    )
+    return prepare_original_model(
+        recipe.model,
+        retain,
+        cache,
+        epochs=recipe.evaluation.retrain_epochs or recipe.original.epochs,
+        learning_rate=recipe.original.learning_rate,
+        batch_size=recipe.original.batch_size,
+        seed=recipe.seed,
+        class_names=data.class_names,
+        progress=progress,
+    )
+
+
+def _encode_all(classifier: Any, data: UnlearningData, recipe: UnlearnRecipe) -> dict[str, EncodedSplit]:
+    wanted = ["forget_val", "forget_test", "retain_val", "retain_test", "test", "control_val", "control_test"]
+    if recipe.mia_enabled:
+        wanted.append("retain_train")
+    splits = data.splits()
+    return {
+        name: encode_split(classifier, splits[name], name, recipe.evaluation.batch_size)
+        for name in wanted
+        if name in splits
+    }
+
+
+def _constraint_split(evaluator: Evaluator) -> str:
+    for name in ("retain_val", "control_val"):
+        if name in evaluator.splits:
+            return name
+    raise ConfigError("λ selection needs a retain or control validation split; this scenario has neither.")
+
+
+def _test_metrics(evaluator: Evaluator, mia: bool, seed: int) -> dict[str, float]:
+    names = {
+        "forget_test": "forget_accuracy",
+        "retain_test": "retain_accuracy",
+        "test": "test_accuracy",
+        "control_test": "control_accuracy",
+    }
+    predictions = {split: evaluator.predict(split) for split in names if split in evaluator.splits}
+    metrics = {names[split]: result.accuracy() for split, result in predictions.items()}
+    if "forget_accuracy" in metrics:
+        metrics["unlearn_accuracy"] = 100.0 - metrics["forget_accuracy"]
+    if mia and {"forget_test", "test"} <= predictions.keys() and "retain_train" in evaluator.splits:
+        members = evaluator.predict("retain_train")
+        metrics["mia_efficacy"] = mia_efficacy(
+            members, predictions["test"], predictions["forget_test"], seed=seed
+        )
+    return metrics
+
+
+def _search(
+    evaluator: Evaluator,
+    vector: TaskVector,
+    config: NegMergeConfig,
+    original_point: LambdaPoint,
+    progress: bool,
+) -> LambdaSelection:
+    constraint = _constraint_split(evaluator)
+
+    def evaluate_at(scale: float) -> LambdaPoint:
+        if scale == 0.0:
+            return original_point
+        evaluator.set_weights(vector, scale)
+        return LambdaPoint(scale, evaluator.accuracy("forget_val"), evaluator.accuracy(constraint))
+
+    return search_lambda(
+        evaluate_at,
+        config.lambda_grid if config.scale is None else [config.scale],
+        original_point,
+        retain_ratio=config.retain_ratio,
+        fallback=config.fallback,
+        progress=progress,
+    )
+
+
+def _outcome(
+    evaluator: Evaluator,
+    vector: TaskVector,
+    config: NegMergeConfig,
+    label: str,
+    original_point: LambdaPoint,
+    recipe: UnlearnRecipe,
+    progress: bool,
+    kept_fraction: float | None = None,
+    run_id: str | None = None,
+) -> MethodOutcome:
+    selection = _search(evaluator, vector, config, original_point, progress)
+    evaluator.set_weights(vector, selection.scale)
+    test = _test_metrics(evaluator, recipe.mia_enabled, recipe.seed)
+    return MethodOutcome(config.method, label, selection, test, kept_fraction, run_id)
+
+
+def _load_vectors(grid_dir: Path, run_ids: list[str]) -> Callable[[], Iterator[TaskVector]]:
+    from .training.runner import RUNS_DIR, TASK_VECTOR_FILE
+
+    def vectors() -> Iterator[TaskVector]:
+        for run_id in run_ids:
+            yield TaskVector.load(grid_dir / RUNS_DIR / run_id / TASK_VECTOR_FILE)
+
+    return vectors
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def describe_plan(recipe: UnlearnRecipe) -> str:
+    """What a run would do, from the recipe alone: nothing is loaded, downloaded or trained."""
+    points = recipe.grid.expand()
+    model = recipe.model.name_or_path or f"tiny {recipe.model.architecture} built from config"
+    lines = [
+        f"data: {recipe.data.dataset!r} (scenario {recipe.data.scenario!r}"
+        + (f", forget classes {recipe.data.forget_classes}" if recipe.data.forget_classes else "")
+        + (f", control {recipe.data.control_dataset!r}" if recipe.data.control_dataset else "")
+        + ")",
+        f"model: {model} ({recipe.model.architecture})"
+        + (" — θ₀ trained on the full train split first (cached)" if recipe.original.train else ""),
+        f"grid: {len(points)} fine-tuning run(s) on the forget set",
+    ]
+    lines += [f"  - {point.id}: {json.dumps(point.overrides, sort_keys=True)}" for point in points]
+    lines += [
+        f"merge: {recipe.merge.method} (consensus_fraction={recipe.merge.consensus_fraction}); "
+        f"λ grid {recipe.merge.lambda_grid[0]:g}..{recipe.merge.lambda_grid[-1]:g} ({len(recipe.merge.lambda_grid)} points), "
+        f"retain ratio {recipe.merge.retain_ratio}",
+        f"comparison: {', '.join(recipe.comparison) or 'none'}",
+        f"evaluation: MIA {'on' if recipe.mia_enabled else 'off'}, retrain reference "
+        f"{'on' if recipe.evaluation.retrain else 'off'}",
+        f"outputs: {recipe.output_dir} (model, metrics.json, report.md, plots, README.md); runs in "
+        f"{Path(recipe.output_dir) / WORK_DIR / 'grid'}",
+    ]
+    return "\n".join(lines)
+
+
+def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOutcome:
+    """Run (or resume) the whole recipe and write its output folder."""
+    from .models import ImageClassifier
+    from .training.runner import run_grid
+
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    output_dir = Path(recipe.output_dir)
+    work = output_dir / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+
+    data = build_unlearning_data(recipe.data)
+    base_dir = prepare_original(recipe, data, work, progress)
+    seconds["original"] = time.perf_counter() - started
+
+    tick = time.perf_counter()
+    grid = run_grid(
+        base_dir,
+        data,
+        recipe.grid,
+        work / "grid",
+        merge_config=recipe.merge,
+        keep_task_vectors=True,
+        keep_checkpoints=recipe.keep_checkpoints,
+        progress=progress,
+    )
+    seconds["grid"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    classifier = ImageClassifier.from_pretrained(base_dir)
+    evaluator = Evaluator(classifier, _encode_all(classifier, data, recipe), recipe.evaluation.batch_size)
+    evaluator.set_weights(None, 0.0)
+    constraint = _constraint_split(evaluator)
+    original_point = LambdaPoint(0.0, evaluator.accuracy("forget_val"), evaluator.accuracy(constraint))
+    original = _test_metrics(evaluator, recipe.mia_enabled, recipe.seed)
+
+    main = _outcome(
+        evaluator,
+        grid.task_vector,
+        recipe.merge,
+        recipe.merge.method,
+        original_point,
+        recipe,
+        progress,
+        kept_fraction=grid.merge.stats.kept_fraction,
+    )
+    vectors = _load_vectors(grid.output_dir, grid.run_ids)
+    comparison: list[MethodOutcome] = []
+    per_run: list[MethodOutcome] = []
+    for method in recipe.comparison:
+        if method == recipe.merge.method:
+            continue
+        config = dataclasses.replace(recipe.merge, method=method, scale=None)
+        if method == "task_arithmetic":
+            run_ids = grid.run_ids if recipe.evaluation.per_run_task_arithmetic else grid.run_ids[:1]
+            per_run = [
+                _outcome(
+                    evaluator,
+                    vector,
+                    config,
+                    f"task_arithmetic[{run_id}]",
+                    original_point,
+                    recipe,
+                    False,
+                    run_id=run_id,
+                )
+                for run_id, vector in zip(run_ids, vectors(), strict=False)
+            ]
+            best = min(per_run, key=lambda o: (not o.selection.qualified, o.selection.point.forget_accuracy))
+            comparison.append(dataclasses.replace(best, label=f"task_arithmetic (best: {best.run_id})"))
+            continue
+        merged = merge_task_vectors(vectors(), config)
+        comparison.append(
+            _outcome(
+                evaluator,
+                merged.task_vector,
+                config,
+                method,
+                original_point,
+                recipe,
+                False,
+                kept_fraction=merged.stats.kept_fraction,
+            )
+        )
+    seconds["evaluation"] = time.perf_counter() - tick
+
+    retrain = None
+    if recipe.evaluation.retrain:
+        retrained_dir = prepare_retrained(recipe, data, progress)
+        if retrained_dir is not None:
+            retrained = Evaluator(
+                ImageClassifier.from_pretrained(retrained_dir), evaluator.splits, recipe.evaluation.batch_size
+            )
+            retrain = _test_metrics(retrained, recipe.mia_enabled, recipe.seed)
+            for outcome in [main, *comparison]:
+                if {
+                    "retain_accuracy",
+                    "forget_accuracy",
+                    "test_accuracy",
+                    "mia_efficacy",
+                } <= outcome.test.keys():
+                    outcome.test["avg_gap"] = avg_gap(outcome.test, retrain)
+
+    outcome = UnlearningOutcome(
+        output_dir,
+        original,
+        main,
+        comparison,
+        per_run,
+        retrain,
+        grid.merge,
+        data.summary(),
+        grid.run_ids,
+        seconds,
+    )
+    evaluator.set_weights(grid.task_vector, main.selection.scale)
+    seconds["total"] = time.perf_counter() - started
+    write_outputs(recipe, outcome, evaluator.classifier, base_dir)
+    return outcome
+
+
+def write_outputs(recipe: UnlearnRecipe, outcome: UnlearningOutcome, unlearned: Any, base_dir: Path) -> None:
+    """Write every artifact into a staging folder, then move the files into the output folder."""
+    from .outputs import build_output_files
+
+    output_dir = outcome.output_dir
+    with atomic_output_dir(output_dir / WORK_DIR / "final", overwrite=True) as staging:
+        build_output_files(recipe, outcome, unlearned, base_dir, staging)
+    final = output_dir / WORK_DIR / "final"
+    for item in sorted(final.iterdir()):
+        target = output_dir / item.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    final.rmdir()
+
+
+def summary_json(outcome: UnlearningOutcome) -> str:
+    return json.dumps({"rows": outcome.rows()}, indent=2)
+
+
+__all__ = [
+    "Evaluator",
+    "MethodOutcome",
+    "UnlearningOutcome",
+    "atomic_write_text",
+    "describe_plan",
+    "run_unlearning",
+]
