@@ -5,6 +5,7 @@ Layout of `output_dir`:
     grid.json                      the grid points of the latest call (ids + hyperparameters)
     accumulator.safetensors        the merge's running state, incl. the ids already folded
     merged_task_vector.safetensors the merge of every run (written at the end)
+    merge_stats.json               its statistics (kept fraction per tensor, input norms)
     runs/<id>/params.json          the point's hyperparameters
     runs/<id>/task_vector.safetensors   τ = θ_run − θ₀ (kept when keep_task_vectors)
     runs/<id>/checkpoint/          the fine-tuned classifier (when keep_checkpoints)
@@ -43,6 +44,7 @@ RUNS_DIR = "runs"
 GRID_FILE = "grid.json"
 ACCUMULATOR_FILE = "accumulator.safetensors"
 MERGED_FILE = "merged_task_vector.safetensors"
+STATS_FILE = "merge_stats.json"
 PARAMS_FILE = "params.json"
 TASK_VECTOR_FILE = "task_vector.safetensors"
 CHECKPOINT_DIR = "checkpoint"
@@ -169,6 +171,9 @@ class GridRunner:
                 self._fold(accumulator, sorted(set(plan.fold_from_disk) | set(trained)))
             merge = accumulator.result()
             merge.task_vector.save(self.output_dir / MERGED_FILE)
+            atomic_write_text(
+                self.output_dir / STATS_FILE, json.dumps(merge.stats.to_dict(), indent=2) + "\n"
+            )
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             merge = MergeAccumulator.load(self.output_dir / ACCUMULATOR_FILE).result()

@@ -1,0 +1,168 @@
+"""Fine-tuning loop and grid runner: speed against plain PyTorch, memory against grid size.
+
+1. Throughput: images/s of `hf_negmerge.training.finetune` (accelerate, scheduler, clipping,
+   label smoothing) against a minimal plain-PyTorch loop (forward, cross-entropy, backward,
+   AdamW step) on the same tiny model, data, batches and threads, measured in this process,
+   alternating the two and keeping each one's best of `--repeats`.
+2. Memory: peak RSS of a whole `run_grid` with `--points` grid points against a 1-point grid,
+   each in a fresh interpreter (`ru_maxrss`), so the figures are comparable: a runner that
+   keeps models or task vectors alive would grow with the grid.
+
+    python benchmarks/train_bench.py                 # defaults: tiny ViT, 30-point grid
+    python benchmarks/train_bench.py --arch clip --points 10 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _data(size: int):
+    from hf_negmerge.data import load_digits_dataset
+
+    return load_digits_dataset()["train"].select(range(size))
+
+
+def _classifier(arch: str, class_names: list[str]):
+    from hf_negmerge.models import ModelConfig, build_classifier
+
+    return build_classifier(ModelConfig(architecture=arch), class_names)
+
+
+def _plain_loop(classifier, dataset, epochs: int, batch_size: int, learning_rate: float) -> None:
+    from hf_negmerge.data.collate import ImageClassificationCollator, make_dataloader
+
+    classifier.mark_trainable()
+    loader = make_dataloader(dataset, ImageClassificationCollator(classifier.preprocess), batch_size, True, 0)
+    parameters = [p for p in classifier.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate)
+    classifier.train()
+    for _ in range(epochs):
+        for batch in loader:
+            loss = torch.nn.functional.cross_entropy(classifier(batch["pixel_values"]), batch["labels"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def throughput(arch: str, size: int, epochs: int, batch_size: int, repeats: int) -> dict[str, float]:
+    from hf_negmerge.training import TrainingHyperparameters, finetune
+
+    dataset = _data(size)
+    names = dataset.features["label"].names
+    hyperparameters = TrainingHyperparameters(
+        learning_rate=1e-3, epochs=epochs, warmup_steps=0, batch_size=batch_size, weight_decay=0.0
+    )
+    best = {"ours": float("inf"), "plain": float("inf")}
+    for _ in range(repeats):
+        for name in ("plain", "ours"):
+            classifier = _classifier(arch, names)
+            started = time.perf_counter()
+            if name == "ours":
+                finetune(classifier, dataset, hyperparameters, progress=False)
+            else:
+                _plain_loop(classifier, dataset, epochs, batch_size, 1e-3)
+            best[name] = min(best[name], time.perf_counter() - started)
+    images = size * epochs
+    return {
+        "images": images,
+        "ours_images_per_s": images / best["ours"],
+        "plain_images_per_s": images / best["plain"],
+        "ratio": best["plain"] / best["ours"],
+    }
+
+
+def grid_worker(arch: str, points: int, output: str) -> None:
+    """Runs in a fresh interpreter: one grid, then prints peak RSS as JSON."""
+    from hf_negmerge.data import DataConfig, build_unlearning_data
+    from hf_negmerge.training import GridSpec, run_grid
+
+    data = build_unlearning_data(DataConfig(dataset="digits", scenario="class", forget_classes=[3]))
+    base_dir = Path(output) / "original"
+    _classifier(arch, data.class_names).save_pretrained(base_dir)
+    spec = GridSpec(
+        base={"epochs": 1, "warmup_steps": 0, "batch_size": 64, "learning_rate": 1e-3},
+        axes={"seed": list(range(points))},
+    )
+    started = time.perf_counter()
+    result = run_grid(base_dir, data, spec, Path(output) / "grid", keep_task_vectors=False, progress=False)
+    seconds = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "points": points,
+                "runs": len(result.trained),
+                "seconds": seconds,
+                "peak_rss_mib": peak_kib / 1024,
+            }
+        )
+    )
+
+
+def grid_memory(arch: str, points: int) -> list[dict[str, float]]:
+    rows = []
+    for count in (1, points):
+        with tempfile.TemporaryDirectory() as folder:
+            command = [
+                sys.executable,
+                __file__,
+                "--grid-worker",
+                str(count),
+                "--arch",
+                arch,
+                "--output",
+                folder,
+            ]
+            completed = subprocess.run(command, capture_output=True, text=True, check=True)
+            rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="vit", choices=["vit", "clip"])
+    parser.add_argument("--size", type=int, default=512, help="training images for the throughput test")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--points", type=int, default=30, help="grid size compared with a 1-point grid")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (same for both loops)")
+    parser.add_argument("--grid-worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.grid_worker is not None:
+        grid_worker(args.arch, args.grid_worker, args.output)
+        return
+
+    speed = throughput(args.arch, args.size, args.epochs, args.batch_size, args.repeats)
+    print(
+        f"throughput ({args.arch}, {args.size} images x {args.epochs} epochs, batch {args.batch_size}, "
+        f"{args.threads} thread(s), best of {args.repeats})"
+    )
+    print(f"  hf_negmerge finetune : {speed['ours_images_per_s']:8.1f} images/s")
+    print(f"  plain PyTorch loop   : {speed['plain_images_per_s']:8.1f} images/s")
+    print(f"  ratio ours/plain     : {speed['ratio']:8.2f}")
+    rows = grid_memory(args.arch, args.points)
+    print(f"grid peak RSS ({args.arch}, 1 epoch per point, fresh interpreter each)")
+    for row in rows:
+        print(
+            f"  {row['points']:3d} point(s): peak RSS {row['peak_rss_mib']:7.1f} MiB, "
+            f"{row['seconds']:6.1f} s ({row['seconds'] / row['points']:.2f} s/run)"
+        )
+    growth = rows[-1]["peak_rss_mib"] - rows[0]["peak_rss_mib"]
+    print(f"  growth {args.points} vs 1 point: {growth:+.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
