@@ -257,6 +257,8 @@ def test_card_from_a_pipeline_style_metrics_file_without_a_hub_base_model(tmp_pa
         "method": "uniform",
         "scale": 0.4,
         "base_model": None,  # θ₀ built from a config: nothing on the Hub to link
+        "architecture": "clip",
+        "recipe": {"output_dir": "/home/alice/private/run", "seed": 0, "data": {"dataset": "digits"}},
         "forget_dataset": "digits",
         "control_dataset": None,
         "scenario": "class",
@@ -287,6 +289,8 @@ def test_card_from_a_pipeline_style_metrics_file_without_a_hub_base_model(tmp_pa
     assert "a model built from a config" in text and "averaged element by element" in text
     assert "**fallback rule**" in text and "Consensus sparsity" not in text  # sparsity is a negmerge notion
     assert "retrained without forget set" in text and "88.00" in text
+    assert card.data.pipeline_tag == "zero-shot-image-classification"
+    assert "seed: 0" in text and "/home/alice" not in text  # the recipe, without local paths
 
 
 @pytest.mark.parametrize(

@@ -261,8 +261,11 @@ class UnlearningCardData:
             values["base_model"] = base_model
         else:  # a local folder or a model built from a config: nothing on the Hub to link
             values["original_model_label"] = (
-                f"a local model (`{Path(base_model).name}`)" if base_model else "a model built from a config"
+                f"a local model, `{Path(base_model).name}`" if base_model else "a model built from a config"
             )
+        task = ARCHITECTURE_TASKS.get(str(metrics.get("architecture", "")).lower())
+        if task is not None:
+            values["task_type"] = task
         optional = ("scale", "method", "scenario", "grid", "kept_fraction", "comparison", "recipe", "license")
         for key in (*optional, "task_type"):
             if metrics.get(key) is not None:
@@ -475,7 +478,7 @@ def _method_section(data: UnlearningCardData) -> list[str]:
         lines.append(
             f"Consensus sparsity: {100 * data.kept_fraction:.2f}% of the task-vector elements survived the "
             f"consensus ({100 * (1 - data.kept_fraction):.2f}% are exactly zero), so only those weights differ "
-            "from the base model."
+            "from the original model."
         )
         lines.append("")
     selection = data.lambda_selection or {}
@@ -486,7 +489,7 @@ def _method_section(data: UnlearningCardData) -> list[str]:
         if qualified is False:
             text += " by the **fallback rule**: no λ kept retain accuracy above the threshold"
         if reason:
-            text += f" ({reason})"
+            text += f" ({str(reason).rstrip('.')})"
         lines += [text + ".", ""]
     config = data.config_dict
     if config is not None:
@@ -494,7 +497,11 @@ def _method_section(data: UnlearningCardData) -> list[str]:
         text = yaml.safe_dump(config, sort_keys=True, default_flow_style=None, allow_unicode=True, width=100)
         lines += ["### Configuration (`negmerge_config.json`)", "", "```yaml", text.rstrip(), "```", ""]
     if data.recipe is not None:
-        recipe = data.recipe if isinstance(data.recipe, str) else yaml.safe_dump(data.recipe, sort_keys=False)
+        if isinstance(data.recipe, str):
+            recipe = data.recipe
+        else:  # where the run wrote its files is a local detail, not part of the recipe to share
+            shared = {key: value for key, value in data.recipe.items() if key != "output_dir"}
+            recipe = yaml.safe_dump(shared, sort_keys=False, allow_unicode=True)
         lines += ["### Recipe", "", "```yaml", recipe.rstrip(), "```", ""]
     if data.grid:
         lines += ["### Fine-tuning runs", "", markdown_table(data.grid), ""]
@@ -509,6 +516,9 @@ def _method_section(data: UnlearningCardData) -> list[str]:
         lines += ["### Comparison with other methods", "", markdown_table(data.comparison), ""]
     return lines
 
+
+#: hf-negmerge model architectures (`metrics.json` "architecture") and the task their card declares.
+ARCHITECTURE_TASKS = {"clip": "zero-shot-image-classification", "vit": "image-classification"}
 
 #: transformers auto class that loads a model for each task (CLIP zero-shot models load with AutoModel).
 AUTO_CLASS_FOR_TASK = {
@@ -604,13 +614,14 @@ def build_model_card(data: UnlearningCardData) -> ModelCard:
     forget = data.forget_set
     if data.base_model:
         first = data.base_model[0] if isinstance(data.base_model, list) else data.base_model
-        original = f"[`{first}`](https://huggingface.co/{first})"
+        original = f"This model is [`{first}`](https://huggingface.co/{first})"
     else:
-        original = data.original_model_label or "its original model"
+        label = data.original_model_label or "not published"
+        original = f"This model is its original model ({label}; not on the Hub)"
     body = [
         f"# {data.model_name}",
         "",
-        f"This model is {original} with {forget.subset or 'the data'} of `{forget.name or forget.dataset}` "
+        f"{original} with {forget.subset or 'the data'} of `{forget.name or forget.dataset}` "
         f"**unlearned** with {data.method}: a vector learned by fine-tuning on that data was subtracted from "
         "its weights. Made with hf-negmerge; read *Limitations* before use.",
         "",
