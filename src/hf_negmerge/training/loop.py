@@ -54,7 +54,7 @@ def finetune(
 
     if len(dataset) == 0:
         raise ConfigError("The fine-tuning dataset (forget set) is empty; there is nothing to fine-tune on.")
-    accelerator, owns_accelerator = _resolve_accelerator(accelerator, hyperparameters)
+    accelerator = _resolve_accelerator(accelerator, hyperparameters)
     set_seed(hyperparameters.seed)
 
     if hyperparameters.uses_lora:
@@ -148,8 +148,8 @@ def finetune(
 
     classifier = accelerator.unwrap_model(model)
     classifier.eval()
-    if owns_accelerator:
-        accelerator.free_memory()
+    # A caller's accelerator keeps references to what `prepare` saw (until its `free_memory()`);
+    # one made here is dropped with everything it references when this function returns.
     return classifier
 
 
@@ -170,11 +170,11 @@ def _resolve_accelerator(
                 f"TrainingHyperparameters.mixed_precision={hyperparameters.mixed_precision!r} but the given "
                 f"Accelerator runs with mixed_precision={accelerator.mixed_precision!r}; make them agree."
             )
-        return accelerator, False
+        return accelerator
     from accelerate import Accelerator
 
     try:
-        return Accelerator(mixed_precision=hyperparameters.mixed_precision), True
+        return Accelerator(mixed_precision=hyperparameters.mixed_precision)
     except ValueError as error:  # accelerate refuses to change precision of an initialised state
         raise ConfigError(
             f"Cannot create an Accelerator with mixed_precision={hyperparameters.mixed_precision!r}: {error}"

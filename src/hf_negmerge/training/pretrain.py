@@ -82,7 +82,7 @@ def _clip_zero_shot_objective(classifier: Any) -> Callable[[torch.Tensor, torch.
 
 PRETRAIN_RECIPES: dict[str, PretrainRecipe] = {
     "clip": PretrainRecipe(epochs=30, learning_rate=3e-3, objective=_clip_zero_shot_objective),
-    "vit": PretrainRecipe(epochs=30, learning_rate=2e-3, objective=_classification_objective),
+    "vit": PretrainRecipe(epochs=20, learning_rate=3e-3, objective=_classification_objective),
 }
 
 
