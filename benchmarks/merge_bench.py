@@ -1,0 +1,501 @@
+"""Benchmark: streaming NegMerge from disk against load-everything merges, for N checkpoints.
+
+Builds a ViT from a config (ViT-B/16 sizes by default, ≈86M float32 parameters), writes a base
+and N randomly perturbed copies with `save_pretrained` under a temporary folder, then times and
+measures the peak RSS of three ways to merge them, each in a FRESH interpreter so one method's
+peak cannot leak into another's:
+
+* ``ours``  — ``hf_negmerge.merging.merge_checkpoints`` (tensor by tensor from disk);
+* ``naive`` — what a straightforward implementation does: load every state dict with
+  ``safetensors.torch.load_file``, keep all task vectors, then per key ``torch.stack``, sign,
+  unanimous mask, mean;
+* ``peft``  — ``peft.utils.merge_utils.ties(..., density=1.0, majority_sign_method="total")``
+  key by key over task tensors made from fully loaded state dicts.
+
+``--prototype`` adds ``ours-fused``, a streaming merge written here (not in the package) that
+shows what a faster merge core costs; see docs/benchmarks.md. Correctness is checked in the
+same run: ours must equal naive (``torch.allclose``), and peft must equal ours wherever ours
+kept an element (unanimous elements are a subset of TIES' majority with the same mean).
+
+    python benchmarks/merge_bench.py                 # N = 2, 8, 30 at ViT-B size (≈11 GB disk)
+    python benchmarks/merge_bench.py --quick         # seconds: tiny ViT, N = 2, 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+WEIGHTS = "model.safetensors"
+MB = 1024 * 1024
+
+# ---------------------------------------------------------------------------------------------
+# Work done inside the fresh worker interpreters
+# ---------------------------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    """High-water mark of this process's resident set (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _generate(spec: dict) -> dict:
+    """Write the base and `count` perturbed copies: τᵢ = shared + own noise, so some signs agree."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import ViTConfig, ViTModel
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # one bar per save_pretrained would drown ours
+
+    torch.manual_seed(spec["seed"])
+    config = ViTConfig(
+        hidden_size=spec["hidden_size"],
+        num_hidden_layers=spec["layers"],
+        num_attention_heads=spec["heads"],
+        intermediate_size=spec["intermediate_size"],
+    )
+    model = ViTModel(config).eval()
+    root = Path(spec["workdir"])
+    model.save_pretrained(root / "base")
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    base = [p.detach().clone() for p in params]
+    scale = spec["sigma"]
+    shared = [torch.randn_like(p) * scale for p in params]
+    with torch.no_grad():
+        for index in tqdm(range(spec["count"]), desc="writing checkpoints", unit="ckpt"):
+            for param, original, common in zip(params, base, shared, strict=True):
+                param.copy_(original).add_(common).add_(torch.randn_like(param), alpha=scale)
+            model.save_pretrained(root / f"ft{index:02d}")
+    return {"parameters": sum(p.numel() for p in params), "bytes": (root / "base" / WEIGHTS).stat().st_size}
+
+
+def _float_keys(state: dict) -> list[str]:
+    return [key for key, value in state.items() if value.is_floating_point()]
+
+
+def _run_ours(base: str, finetuned: list[str]) -> dict:
+    from hf_negmerge.config import NegMergeConfig
+    from hf_negmerge.merging import merge_checkpoints
+
+    return merge_checkpoints(base, finetuned, NegMergeConfig(), progress=False).task_vector.tensors
+
+
+def _load_task_vectors(base: str, finetuned: list[str]) -> tuple[list[str], list[dict]]:
+    """Every checkpoint loaded whole; all N task vectors kept in memory (O(N·P))."""
+    from safetensors.torch import load_file
+
+    base_state = load_file(Path(base) / WEIGHTS)
+    keys = _float_keys(base_state)
+    vectors = []
+    for folder in finetuned:
+        tuned = load_file(Path(folder) / WEIGHTS)
+        vectors.append({key: tuned[key] - base_state[key] for key in keys})
+        del tuned
+    return keys, vectors
+
+
+def _run_naive(base: str, finetuned: list[str]) -> dict:
+    import torch
+
+    keys, vectors = _load_task_vectors(base, finetuned)
+    count = len(vectors)
+    merged = {}
+    for key in keys:
+        stacked = torch.stack([vector[key] for vector in vectors])
+        unanimous = torch.sign(stacked).sum(dim=0).abs() == count
+        merged[key] = torch.where(unanimous, stacked.mean(dim=0), torch.zeros((), dtype=stacked.dtype))
+    return merged
+
+
+def _run_peft(base: str, finetuned: list[str]) -> dict:
+    import warnings
+
+    import torch
+    from peft.utils.merge_utils import ties
+    from safetensors.torch import load_file
+
+    warnings.filterwarnings("ignore", message="The density")  # density=1.0 warns on every call
+    base_state = load_file(Path(base) / WEIGHTS)
+    states = [load_file(Path(folder) / WEIGHTS) for folder in finetuned]
+    weights = torch.ones(len(states))
+    merged = {}
+    for key in _float_keys(base_state):
+        task_tensors = [state[key] - base_state[key] for state in states]
+        merged[key] = ties(task_tensors, weights, density=1.0, majority_sign_method="total")
+    return merged
+
+
+def _run_ours_fused(base: str, finetuned: list[str]) -> dict:
+    """Prototype of a leaner streaming core (see docs/benchmarks.md, "What dominates").
+
+    Same algorithm, same one-tensor-per-run memory profile as `merge_checkpoints`, fewer passes
+    over each tensor: reads into uninitialised tensors (no zero-filled bytearray), subtracts in
+    place, takes the finiteness test from the float32 norm it needs anyway (a NaN/Inf makes the
+    norm non-finite; only then is the exact `isfinite` scan run), and keeps the sign sum in
+    float32 with a reused scratch buffer instead of `sign().to(int16)` per run.
+    """
+    import math
+
+    import torch
+
+    from hf_negmerge.checkpoints import CheckpointReader
+
+    def read(reader: CheckpointReader, key: str) -> torch.Tensor:
+        handle = reader._safetensors[key]
+        dtype, shape, begin, end = handle.entries[key]
+        tensor = torch.empty(shape, dtype=dtype)
+        view = memoryview(tensor.numpy()).cast("B")
+        with handle.path.open("rb", buffering=0) as stream:
+            done = 0
+            while done < end - begin:
+                done += os.preadv(stream.fileno(), [view[done:]], handle._data_start + begin + done)
+        return tensor
+
+    base_reader = CheckpointReader(base)
+    readers = [CheckpointReader(folder) for folder in finetuned]
+    count = len(readers)
+    squared_norms = [0.0] * count
+    merged = {}
+    for key in base_reader:
+        if not base_reader.dtype(key).is_floating_point:
+            continue
+        base_tensor = read(base_reader, key).float()
+        total = torch.zeros_like(base_tensor)
+        sign_sum = torch.zeros_like(base_tensor)  # exact integers up to 2**24 runs
+        scratch = torch.empty_like(base_tensor)
+        for index, reader in enumerate(readers):
+            task = read(reader, key).float().sub_(base_tensor)
+            norm = float(torch.linalg.vector_norm(task))
+            if not math.isfinite(norm) and not bool(torch.isfinite(task).all()):
+                raise ValueError(f"{reader.path_of(key)}: tensor '{key}' contains NaN or Inf values.")
+            squared_norms[index] += norm * norm
+            total.add_(task)
+            sign_sum.add_(torch.sign(task, out=scratch))
+        merged[key] = total.div_(count).mul_(sign_sum.abs_() == count)
+    return merged
+
+
+METHODS: dict[str, Callable[[str, list[str]], dict]] = {
+    "ours": _run_ours,
+    "naive": _run_naive,
+    "peft": _run_peft,
+    "ours-fused": _run_ours_fused,
+}
+
+# modules each method needs, imported before the clock starts so import cost is not timed
+METHOD_IMPORTS: dict[str, tuple[str, ...]] = {
+    "ours": ("hf_negmerge.merging",),
+    "naive": ("safetensors.torch",),
+    "peft": ("peft.utils.merge_utils", "safetensors.torch"),
+    "ours-fused": ("hf_negmerge.checkpoints",),
+}
+
+
+def _measure(spec: dict) -> dict:
+    import importlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(spec["threads"])
+    for module in METHOD_IMPORTS[spec["method"]]:
+        importlib.import_module(module)
+    imported_rss = _peak_rss_mb()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    merged = METHODS[spec["method"]](spec["base"], spec["finetuned"])
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    peak = _peak_rss_mb()  # taken before saving: writing the result must not count
+    kept = sum(int(torch.count_nonzero(value)) for value in merged.values())
+    numel = sum(value.numel() for value in merged.values())
+    if spec.get("result"):
+        save_file({key: value.contiguous() for key, value in merged.items()}, spec["result"])
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "load_avg": os.getloadavg()[0],
+        "peak_rss_mb": peak,
+        "imported_rss_mb": imported_rss,
+        "kept": kept,
+        "numel": numel,
+    }
+
+
+def _idle(spec: dict) -> dict:
+    import torch  # noqa: F401  (the point: the RSS of an interpreter that has imported torch)
+
+    return {"peak_rss_mb": _peak_rss_mb()}
+
+
+def _compare(spec: dict) -> dict:
+    """Ours vs naive: allclose on every key; peft vs ours: equal wherever ours kept an element."""
+    import torch
+    from safetensors.torch import load_file
+
+    reference = load_file(spec["reference"])
+    report = {}
+    for name, path in spec["others"].items():
+        other = load_file(path)
+        if set(other) != set(reference):
+            report[name] = {"ok": False, "why": f"keys differ: {sorted(set(other) ^ set(reference))[:5]}"}
+            continue
+        worst, bad = 0.0, []
+        for key, expected in reference.items():
+            actual = other[key]
+            if spec["mode"][name] == "kept_only":
+                kept = expected != 0
+                expected, actual = expected[kept], actual[kept]
+            worst = max(worst, float((actual - expected).abs().max()) if expected.numel() else 0.0)
+            if not torch.allclose(actual, expected, rtol=1e-5, atol=1e-7):
+                bad.append(key)
+        report[name] = {"ok": not bad, "max_abs_diff": worst, "mismatched_keys": bad[:5]}
+    return report
+
+
+WORKER_TASKS: dict[str, Callable[[dict], dict]] = {
+    "generate": _generate,
+    "measure": _measure,
+    "idle": _idle,
+    "compare": _compare,
+}
+
+# ---------------------------------------------------------------------------------------------
+# The orchestrating parent: never imports torch, so it stays small while workers run
+# ---------------------------------------------------------------------------------------------
+
+
+def _spawn(task: str, **spec: object) -> dict:
+    """Run one worker task in a fresh interpreter; its last stdout line is the JSON answer."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({"task": task, **spec})]
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"worker '{task}' failed with exit code {completed.returncode}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _available_mb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return float("inf")
+
+
+def _set_cache(paths: list[Path], warm: bool) -> None:
+    """Warm: read the files once so every method starts from the page cache. Cold: drop them."""
+    for path in paths:
+        with path.open("rb", buffering=0) as handle:
+            if warm:
+                while handle.read(64 * MB):
+                    pass
+            else:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes takes comma-separated integers, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"--sizes needs positive integers, got {text!r}")
+    return sizes
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=_parse_sizes, default=[2, 8, 30], help="numbers of checkpoints N")
+    parser.add_argument("--hidden-size", type=int, default=768, help="ViT hidden size (ViT-B: 768)")
+    parser.add_argument("--layers", type=int, default=12, help="ViT layers (ViT-B: 12)")
+    parser.add_argument("--heads", type=int, default=None, help="attention heads (default hidden/64)")
+    parser.add_argument("--intermediate-size", type=int, default=None, help="MLP size (default 4×hidden)")
+    parser.add_argument("--methods", default="ours,naive,peft", help="comma-separated: " + ", ".join(METHODS))
+    parser.add_argument("--prototype", action="store_true", help="also time the 'ours-fused' prototype")
+    parser.add_argument("--quick", action="store_true", help="smoke run: hidden 64, 2 layers, N = 2, 4")
+    parser.add_argument(
+        "--cache", choices=("warm", "cold"), default="warm", help="page cache before each run"
+    )
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per worker")
+    parser.add_argument("--sigma", type=float, default=1e-3, help="scale of the random perturbations")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=None, help="where checkpoints go (default: /tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoints after the run")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--memory-margin-mb",
+        type=float,
+        default=2048,
+        help="skip a load-everything run that would leave less",
+    )
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.hidden_size, args.layers, args.sizes = 64, 2, [2, 4]
+    args.heads = args.heads or max(1, args.hidden_size // 64)
+    args.intermediate_size = args.intermediate_size or 4 * args.hidden_size
+    args.methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    if args.prototype and "ours-fused" not in args.methods:
+        args.methods.append("ours-fused")
+    unknown = [name for name in args.methods if name not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if args.hidden_size % args.heads:
+        parser.error(f"--hidden-size {args.hidden_size} is not divisible by {args.heads} heads")
+    return args
+
+
+def _estimated_mb(method: str, count: int, checkpoint_mb: float) -> float:
+    """Rough RAM a method needs: the load-everything paths hold N + 1 models plus one stack."""
+    return (count + 2) * checkpoint_mb if method in ("naive", "peft") else 3 * checkpoint_mb
+
+
+def _table(rows: list[dict], idle_mb: float, checkpoint_mb: float) -> str:
+    header = (
+        f"{'N':>3}  {'method':<10} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'RSS/ckpt':>9} "
+        f"{'(RSS-idle)/ckpt':>16} {'naive/ours':>11}"
+    )
+    lines = [header, "-" * len(header)]
+    ours_wall = {row["n"]: row["wall_s"] for row in rows if row["method"] == "ours" and "wall_s" in row}
+    naive_wall = {row["n"]: row["wall_s"] for row in rows if row["method"] == "naive" and "wall_s" in row}
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"{row['n']:>3}  {row['method']:<10} skipped: {row['skipped']}")
+            continue
+        ratio = ""
+        if row["method"] == "ours" and row["n"] in naive_wall:
+            ratio = f"{naive_wall[row['n']] / ours_wall[row['n']]:.2f}x"
+        lines.append(
+            f"{row['n']:>3}  {row['method']:<10} {row['wall_s']:>8.2f} {row['cpu_s']:>8.2f} {row['peak_rss_mb']:>12.0f} "
+            f"{row['peak_rss_mb'] / checkpoint_mb:>9.2f} {(row['peak_rss_mb'] - idle_mb) / checkpoint_mb:>16.2f} "
+            f"{ratio:>11}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.worker is not None:
+        spec = json.loads(args.worker)
+        print(json.dumps(WORKER_TASKS[spec["task"]](spec)))
+        return 0
+
+    largest = max(args.sizes)
+    parent = args.workdir or Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="negmerge-bench-", dir=parent))
+    try:
+        params_estimate = 12 * args.layers * args.hidden_size**2
+        needed_gb = (largest + 1) * 4 * params_estimate / 1024**3 * 1.1 + 3 * 4 * params_estimate / 1024**3
+        free_gb = shutil.disk_usage(root).free / 1024**3
+        if needed_gb > free_gb:
+            raise SystemExit(
+                f"{root} has {free_gb:.1f} GB free; {largest + 1} checkpoints need ≈{needed_gb:.1f} GB"
+            )
+        print(f"workdir {root}: {free_gb:.1f} GB free, needs ≈{needed_gb:.1f} GB", flush=True)
+        generated = _spawn(
+            "generate",
+            workdir=str(root),
+            count=largest,
+            hidden_size=args.hidden_size,
+            layers=args.layers,
+            heads=args.heads,
+            intermediate_size=args.intermediate_size,
+            sigma=args.sigma,
+            seed=args.seed,
+        )
+        checkpoint_mb = generated["bytes"] / MB
+        idle_mb = _spawn("idle")["peak_rss_mb"]
+        print(
+            f"model: ViT hidden {args.hidden_size}, {args.layers} layers, {generated['parameters']:,} float "
+            f"parameters, checkpoint {checkpoint_mb:.1f} MB; idle interpreter with torch: {idle_mb:.0f} MB; "
+            f"cache {args.cache}; torch threads {args.threads}; load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
+        rows: list[dict] = []
+        checks: dict[int, dict] = {}
+        for count in args.sizes:
+            finetuned = [str(root / f"ft{index:02d}") for index in range(count)]
+            files = [root / "base" / WEIGHTS, *(Path(folder) / WEIGHTS for folder in finetuned)]
+            results: dict[str, str] = {}
+            for method in args.methods:
+                need = _estimated_mb(method, count, checkpoint_mb)
+                available = _available_mb()
+                if need > available - args.memory_margin_mb:
+                    rows.append(
+                        {
+                            "n": count,
+                            "method": method,
+                            "skipped": f"needs ≈{need:.0f} MB, {available:.0f} MB available",
+                        }
+                    )
+                    print(rows[-1], flush=True)
+                    continue
+                _set_cache(files, warm=args.cache == "warm")
+                result = root / f"result-{method}-{count}.safetensors"
+                measured = _spawn(
+                    "measure",
+                    method=method,
+                    base=str(root / "base"),
+                    finetuned=finetuned,
+                    result=str(result),
+                    threads=args.threads,
+                )
+                results[method] = str(result)
+                rows.append({"n": count, "method": method, **measured})
+                print(
+                    {
+                        key: round(value, 3) if isinstance(value, float) else value
+                        for key, value in rows[-1].items()
+                    },
+                    flush=True,
+                )
+            if "ours" in results and len(results) > 1:
+                others = {name: path for name, path in results.items() if name != "ours"}
+                mode = {name: ("kept_only" if name == "peft" else "all") for name in others}
+                checks[count] = _spawn("compare", reference=results["ours"], others=others, mode=mode)
+                print(f"N={count} correctness vs ours: {checks[count]}", flush=True)
+            for path in results.values():
+                Path(path).unlink(missing_ok=True)
+        print()
+        print(_table(rows, idle_mb, checkpoint_mb))
+        kept = {
+            row["n"]: row["kept"] / row["numel"] for row in rows if row["method"] == "ours" and "kept" in row
+        }
+        print("kept fraction (ours): " + ", ".join(f"N={n}: {100 * value:.2f}%" for n, value in kept.items()))
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "rows": rows,
+                        "checks": checks,
+                        "idle_rss_mb": idle_mb,
+                        "checkpoint_mb": checkpoint_mb,
+                        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    },
+                    indent=2,
+                )
+            )
+        failed = [n for n, report in checks.items() if not all(entry["ok"] for entry in report.values())]
+        if failed:
+            print(f"CORRECTNESS FAILED for N = {failed}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        if args.keep:
+            print(f"checkpoints kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
