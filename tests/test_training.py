@@ -311,7 +311,12 @@ def test_resume_trains_only_the_missing_points_and_matches_an_uninterrupted_run(
 
     spec = GridSpec(
         base=FAST,
-        points=[{"seed": s, "label_smoothing": ls} for s, ls in [(0, 0.0), (1, 0.1), (2, 0.0), (3, 0.05)]],
+        points=[  # augmented runs too: RandAugment draws must replay exactly from the seed
+            {"seed": 0},
+            {"seed": 1, "label_smoothing": 0.1, "randaugment_magnitude": 3, "randaugment_num_ops": 1},
+            {"seed": 2, "randaugment_magnitude": 9, "randaugment_num_ops": 2},
+            {"seed": 3, "label_smoothing": 0.05},
+        ],
     )
     ids = [p.id for p in spec.expand()]
     reference = runner.run_grid(

@@ -266,14 +266,15 @@ class GridRunner:
             data_parallel=data_parallel,
             description=point.id,
         )
-        self.accelerator.free_memory()
+        self.accelerator.free_memory()  # the accelerator outlives the run: drop its references to it
+        if data_parallel and not self.accelerator.is_main_process:
+            return  # DDP: every rank holds the same weights; the main process writes the run
         classifier = classifier.cpu()
         finetuned_model = merge_lora(classifier) if hyperparameters.uses_lora else classifier.model
         task_vector = TaskVector.from_models(
             base.model, finetuned_model, include=base.trainable_parameter_patterns()
         )
-        if self.accelerator.is_main_process or not data_parallel:
-            self._write_run(point, classifier, task_vector, time.time() - started)
+        self._write_run(point, classifier, task_vector, time.time() - started)
 
     def _write_run(self, point: GridPoint, classifier: Any, task_vector: TaskVector, seconds: float) -> None:
         run_dir = self.output_dir / RUNS_DIR / point.id
