@@ -46,13 +46,22 @@ def worker(base_dir: Path, output: Path) -> None:
     ddp = run_grid(
         base_dir, data, single, output / "ddp", accelerator=accelerator, shard=False, progress=False
     )
+    # DDP directly through the loop: gradients are all-reduced, so every rank ends identical.
+    from hf_negmerge.models import ImageClassifier
+    from hf_negmerge.training.loop import finetune
+
+    tuned = finetune(
+        ImageClassifier.from_pretrained(base_dir), data.forget_train, single[0].hyperparameters, accelerator
+    )
     report = {
         "world": accelerator.num_processes,
+        "ddp_weights": [float(p.double().sum()) for p in tuned.model.parameters()],
         "trained": sharded.trained,
         "sharded_norm": sharded.task_vector.norm(),
         "ddp_norm": ddp.task_vector.norm(),
     }
     (output / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))
+    accelerator.free_memory()
     accelerator.end_training()  # destroy the gloo process group before interpreter exit
 
 
@@ -87,6 +96,12 @@ def test_two_processes_split_the_grid_and_match_one_process(tmp_path):
     assert reports[0]["trained"] == reports[1]["trained"] == ids
     assert reports[0]["sharded_norm"] == reports[1]["sharded_norm"]  # every rank returns the same merge
     assert reports[0]["ddp_norm"] == reports[1]["ddp_norm"] > 0
+    assert reports[0]["ddp_weights"] == reports[1]["ddp_weights"]
+    initial = [
+        float(p.double().sum())
+        for p in build_classifier(ModelConfig(architecture="vit"), data.class_names).model.parameters()
+    ]
+    assert reports[0]["ddp_weights"] != initial
     trained_by = {
         json.loads((tmp_path / "sharded" / "runs" / run_id / "run.json").read_text())["process_index"]
         for run_id in ids
