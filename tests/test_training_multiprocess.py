@@ -55,7 +55,7 @@ def worker(base_dir: Path, output: Path) -> None:
     )
     report = {
         "world": accelerator.num_processes,
-        "ddp_weights": [float(p.double().sum()) for p in tuned.model.parameters()],
+        "ddp_weights": [float(p.detach().double().sum()) for p in tuned.model.parameters()],
         "trained": sharded.trained,
         "sharded_norm": sharded.task_vector.norm(),
         "ddp_norm": ddp.task_vector.norm(),
@@ -98,7 +98,7 @@ def test_two_processes_split_the_grid_and_match_one_process(tmp_path):
     assert reports[0]["ddp_norm"] == reports[1]["ddp_norm"] > 0
     assert reports[0]["ddp_weights"] == reports[1]["ddp_weights"]
     initial = [
-        float(p.double().sum())
+        float(p.detach().double().sum())
         for p in build_classifier(ModelConfig(architecture="vit"), data.class_names).model.parameters()
     ]
     assert reports[0]["ddp_weights"] != initial
