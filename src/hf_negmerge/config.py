@@ -158,7 +158,7 @@ class NegMergeConfig:
         if not path.is_file():
             if Path(name_or_path).exists():
                 raise ConfigError(f"No {CONFIG_NAME} in {name_or_path}.")
-            from .hub_access import download_file
+            from .hub.download import download_file
 
             path = download_file(str(name_or_path), CONFIG_NAME, revision=revision, token=token)
         try:

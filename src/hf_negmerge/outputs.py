@@ -141,3 +141,6 @@ def build_output_files(
         staging / KEPT_PLOT,
         numel={k: s.numel for k, s in stats.tensors.items()},
     )
+    from .hub.card import UnlearningCardData, write_model_card
+
+    write_model_card(UnlearningCardData.from_metrics_json(summary, plots=[LAMBDA_PLOT, KEPT_PLOT]), staging)

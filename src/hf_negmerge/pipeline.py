@@ -155,15 +155,29 @@ class UnlearningOutcome:
 # Stages.
 
 
-def _full_train_split(recipe: UnlearnRecipe) -> Any:
-    data = recipe.data
-    return load_image_dataset(
-        data.dataset,
-        split=data.train_split,
-        image_column=data.image_column,
-        label_column=data.label_column,
-        class_names=data.class_names,
-    )
+def original_training_split(recipe: UnlearnRecipe, data: UnlearningData) -> Any:
+    """What θ₀ trains on: the train split minus the held-out retain validation rows.
+
+    Validation rows must be unseen by θ₀, or the retain constraint of the λ search measures
+    memorised samples and lets through a λ that hurts held-out accuracy.
+    """
+    from datasets import concatenate_datasets
+
+    from .data import SOURCE_INDEX_COLUMN
+
+    if data.retain_train is None:
+        return load_image_dataset(
+            recipe.data.dataset,
+            split=recipe.data.train_split,
+            image_column=recipe.data.image_column,
+            label_column=recipe.data.label_column,
+            class_names=recipe.data.class_names,
+        )
+    retain = data.retain_train
+    if data.retain_val is not None:
+        held_out = set(data.retain_val[SOURCE_INDEX_COLUMN])
+        retain = retain.filter(lambda index: index not in held_out, input_columns=SOURCE_INDEX_COLUMN)
+    return concatenate_datasets([data.forget_train, retain])
 
 
 def prepare_original(recipe: UnlearnRecipe, data: UnlearningData, work: Path, progress: bool) -> Path:
@@ -183,7 +197,7 @@ def prepare_original(recipe: UnlearnRecipe, data: UnlearningData, work: Path, pr
         )
         return prepare_original_model(
             recipe.model,
-            _full_train_split(recipe),
+            original_training_split(recipe, data),
             cache,
             epochs=recipe.original.epochs,
             learning_rate=recipe.original.learning_rate,

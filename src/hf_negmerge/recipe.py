@@ -49,7 +49,7 @@ class OriginalModelConfig:
     learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate for θ₀ (None: default)."}
     )
-    batch_size: int = field(default=64, metadata={"help": "Batch size for θ₀ training."})
+    batch_size: int = field(default=128, metadata={"help": "Batch size for θ₀ training."})
     cache_dir: str | None = field(
         default=None,
         metadata={"help": "Where trained θ₀ folders are cached (None: ~/.cache/hf_negmerge/originals)."},
