@@ -35,6 +35,8 @@ def worker(base_dir: Path, output: Path) -> None:
     """One rank: a sharded 4-point grid, then a 1-point grid trained with DDP across both ranks."""
     from accelerate import Accelerator
 
+    from hf_negmerge.config import NegMergeConfig
+    from hf_negmerge.errors import ConfigError
     from hf_negmerge.training.grid import GridSpec
     from hf_negmerge.training.runner import run_grid
 
@@ -42,6 +44,18 @@ def worker(base_dir: Path, output: Path) -> None:
     accelerator = Accelerator(cpu=True)
     data = _data()
     sharded = run_grid(base_dir, data, _spec(), output / "sharded", accelerator=accelerator, progress=False)
+    try:  # a refused resume must fail on every rank, not leave the others waiting at a barrier
+        run_grid(
+            base_dir,
+            data,
+            _spec(),
+            output / "sharded",
+            NegMergeConfig(method="uniform"),
+            accelerator=accelerator,
+        )
+        refused = ""
+    except ConfigError as error:
+        refused = str(error)
     single = GridSpec(base={**FAST, "seed": 7}).expand()
     ddp = run_grid(
         base_dir, data, single, output / "ddp", accelerator=accelerator, shard=False, progress=False
@@ -55,6 +69,7 @@ def worker(base_dir: Path, output: Path) -> None:
     )
     report = {
         "world": accelerator.num_processes,
+        "refused": refused,
         "ddp_weights": [float(p.detach().double().sum()) for p in tuned.model.parameters()],
         "trained": sharded.trained,
         "sharded_norm": sharded.task_vector.norm(),
@@ -94,6 +109,7 @@ def test_two_processes_split_the_grid_and_match_one_process(tmp_path):
     assert [r["world"] for r in reports] == [2, 2]
     ids = sorted(p.id for p in _spec().expand())
     assert reports[0]["trained"] == reports[1]["trained"] == ids
+    assert all("different merge config" in r["refused"] for r in reports)
     assert reports[0]["sharded_norm"] == reports[1]["sharded_norm"]  # every rank returns the same merge
     assert reports[0]["ddp_norm"] == reports[1]["ddp_norm"] > 0
     assert reports[0]["ddp_weights"] == reports[1]["ddp_weights"]

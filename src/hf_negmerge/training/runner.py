@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import atomic_output_dir, atomic_write_text
 from ..config import NegMergeConfig
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, NegMergeError
 from ..merging.accumulate import MergeAccumulator, MergeResult
 from ..task_vector import TaskVector
 from .grid import GridPoint, GridSpec, as_grid_points
@@ -142,8 +142,15 @@ class GridRunner:
             if point.hyperparameters.uses_lora:
                 base.lora_target_modules(point.hyperparameters.lora_target_modules)
         accelerator = self.accelerator
-        plan = self._plan() if accelerator.is_main_process else None
+        accumulator, plan = None, None
+        if accelerator.is_main_process:
+            try:
+                accumulator, plan = self._plan()
+            except NegMergeError as error:  # hand it to every process, or the others wait forever
+                plan = error
         plan = _broadcast(accelerator, plan)
+        if isinstance(plan, NegMergeError):
+            raise plan
 
         sharded = self.shard and accelerator.num_processes > 1
         if sharded:
@@ -151,7 +158,6 @@ class GridRunner:
                 my_ids = list(mine)
         else:
             my_ids = list(plan.train)
-        accumulator = self._load_accumulator() if accelerator.is_main_process else None
         if accumulator is not None and plan.fold_from_disk and not sharded:
             self._fold(accumulator, plan.fold_from_disk)
 
@@ -190,7 +196,7 @@ class GridRunner:
 
     # -- planning --------------------------------------------------------------------------
 
-    def _plan(self) -> _Plan:
+    def _plan(self) -> tuple[MergeAccumulator, _Plan]:
         runs = self.output_dir / RUNS_DIR
         runs.mkdir(parents=True, exist_ok=True)
         for stale in runs.glob(".*.tmp-*"):  # a run killed mid-way
@@ -228,7 +234,7 @@ class GridRunner:
                 f"Run(s) {lost} were folded into {self.output_dir / ACCUMULATOR_FILE} but their folders under "
                 f"{runs} are missing; restore them or start a new output_dir."
             )
-        return _Plan(train=train, fold_from_disk=fold_from_disk, reused=reused)
+        return accumulator, _Plan(train=train, fold_from_disk=fold_from_disk, reused=reused)
 
     def _load_accumulator(self) -> MergeAccumulator:
         path = self.output_dir / ACCUMULATOR_FILE
