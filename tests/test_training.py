@@ -431,7 +431,16 @@ def test_gradient_accumulation_matches_one_large_batch(digits_data, base_dirs):
     subset = digits_data.forget_train.select(range(96))  # whole batches, so both see the same groups
     one = finetune(_load(base_dirs["vit"]), subset, TrainingHyperparameters(**FAST), progress=False)
     hyperparameters = TrainingHyperparameters(**{**FAST, "batch_size": 16, "gradient_accumulation_steps": 2})
-    accumulated = finetune(_load(base_dirs["vit"]), subset, hyperparameters, progress=False)
+    steps = []
+    accumulated = finetune(
+        _load(base_dirs["vit"]),
+        subset,
+        hyperparameters,
+        progress=False,
+        step_callback=lambda *a: steps.append(a),
+    )
+    assert [step for step, _ in steps] == [1, 2, 3]  # 6 batches of 16, 2 per optimizer step
+    assert all(0 < loss < 10 for _, loss in steps)
     base = _load(base_dirs["vit"])
     for (name, a), (_, b), (_, b0) in zip(
         one.model.named_parameters(),

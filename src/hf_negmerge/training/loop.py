@@ -47,6 +47,10 @@ def finetune(
     `hyperparameters.lora_rank` set, LoRA adapters are added first (merge them with
     `models.merge_lora` to get dense weights for a task vector). `step_callback(step, loss)` is
     called after every optimizer step. Returns the trained classifier, unwrapped, in eval mode.
+
+    A given `accelerator` must use `hyperparameters.mixed_precision`; it keeps references to the
+    optimizer (and the DDP model) until its `free_memory()`. `data_parallel=False` trains this
+    process's own copy even when several processes run (grid sharding).
     """
     from accelerate.utils import set_seed
 
