@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .checkpoints import atomic_output_dir, atomic_write_text
+from .checkpoints import atomic_output_dir
 from .config import NegMergeConfig
 from .data import UnlearningData, build_unlearning_data, load_image_dataset
 from .errors import ConfigError
@@ -342,7 +342,11 @@ def describe_plan(recipe: UnlearnRecipe) -> str:
         + (f", control {recipe.data.control_dataset!r}" if recipe.data.control_dataset else "")
         + ")",
         f"model: {model} ({recipe.model.architecture})"
-        + (" — θ₀ trained on the full train split first (cached)" if recipe.original.train else ""),
+        + (
+            " — θ₀ trained here first on the train split minus validation rows (cached)"
+            if recipe.original.train
+            else ""
+        ),
         f"grid: {len(points)} fine-tuning run(s) on the forget set",
     ]
     lines += [f"  - {point.id}: {json.dumps(point.overrides, sort_keys=True)}" for point in points]
@@ -359,19 +363,33 @@ def describe_plan(recipe: UnlearnRecipe) -> str:
     return "\n".join(lines)
 
 
-def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOutcome:
-    """Run (or resume) the whole recipe and write its output folder."""
+def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOutcome | None:
+    """Run (or resume) the whole recipe and write its output folder.
+
+    Under `accelerate launch` the grid points are shared among the processes; the main process
+    then evaluates and writes the outputs, and the others return None.
+    """
     from .models import ImageClassifier
     from .training.runner import run_grid
 
+    if not progress:
+        import datasets
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     output_dir = Path(recipe.output_dir)
     work = output_dir / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
 
+    from accelerate import PartialState
+
+    state = PartialState()
     data = build_unlearning_data(recipe.data)
-    base_dir = prepare_original(recipe, data, work, progress)
+    with state.main_process_first():  # θ₀ is trained once; the other processes then load it
+        base_dir = prepare_original(recipe, data, work, progress and state.is_main_process)
     seconds["original"] = time.perf_counter() - started
 
     tick = time.perf_counter()
@@ -386,6 +404,8 @@ def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOu
         progress=progress,
     )
     seconds["grid"] = time.perf_counter() - tick
+    if not state.is_main_process:  # grid points were sharded; evaluation and outputs are the main process's
+        return None
 
     tick = time.perf_counter()
     classifier = ImageClassifier.from_pretrained(base_dir)
@@ -496,15 +516,10 @@ def write_outputs(recipe: UnlearnRecipe, outcome: UnlearningOutcome, unlearned: 
     final.rmdir()
 
 
-def summary_json(outcome: UnlearningOutcome) -> str:
-    return json.dumps({"rows": outcome.rows()}, indent=2)
-
-
 __all__ = [
     "Evaluator",
     "MethodOutcome",
     "UnlearningOutcome",
-    "atomic_write_text",
     "describe_plan",
     "run_unlearning",
 ]

@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import run_unlearning
 
     outcome = run_unlearning(recipe, progress=not args.no_progress)
+    if outcome is None:  # a non-main process under accelerate launch
+        return 0
     print()
     print(markdown_table(outcome.rows()))
     print()
