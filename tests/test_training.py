@@ -26,6 +26,16 @@ from hf_negmerge.training.grid import (
     grid_preset,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models train fastest single-threaded; extra threads only fight other processes for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # Grid spec
 
