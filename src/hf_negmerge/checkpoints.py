@@ -83,18 +83,18 @@ class _SafetensorsFile:
 
     def read(self, key: str) -> torch.Tensor:
         dtype, shape, begin, end = self.entries[key]
-        buffer = bytearray(end - begin)
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        buffer = torch.empty(end - begin, dtype=torch.uint8)  # uninitialised: preadv fills it
+        view = memoryview(buffer.numpy())
         with self.path.open("rb", buffering=0) as handle:
-            view = memoryview(buffer)
             offset, position = 0, self._data_start + begin
-            while offset < len(buffer):
+            while offset < len(view):
                 count = os.preadv(handle.fileno(), [view[offset:]], position + offset)
                 if count == 0:
                     raise CheckpointError(f"{self.path}: tensor '{key}' ends before its data does.")
                 offset += count
-        if not buffer:
-            return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+        return buffer.view(dtype).reshape(shape)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

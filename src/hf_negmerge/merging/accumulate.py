@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import CheckpointReader, save_safetensors
 from ..config import NegMergeConfig
 from ..errors import CheckpointError, MergeError
-from ..task_vector import TaskVector, check_compatible, check_finite, difference, select_keys
+from ..task_vector import TaskVector, check_compatible, check_finite, select_keys
 from .base import TensorMerger, get_merge_method
 from .stats import MergeStats, TensorStats
 
@@ -85,7 +85,9 @@ class MergeAccumulator:
         squared_norm = 0.0
         for key in keys:
             tensor = task_vector.tensors[key]
-            check_finite(tensor, key, f"task vector #{self.count + 1}")
+            tensor_norm = float(torch.linalg.vector_norm(tensor, dtype=torch.float64))
+            if not math.isfinite(tensor_norm):
+                check_finite(tensor, key, f"task vector #{self.count + 1}")
             merger = self.mergers.get(key)
             if merger is None:
                 merger = self.mergers[key] = self.method.merger(self.config)
@@ -94,7 +96,7 @@ class MergeAccumulator:
                     merger.shape, tensor.shape, key, "first task vector", f"task vector #{self.count + 1}"
                 )
             merger.add(tensor)
-            squared_norm += float(tensor.double().pow(2).sum())
+            squared_norm += tensor_norm**2
         self.squared_norms.append(squared_norm)
         if run_id is not None:
             self.run_ids.append(run_id)
@@ -189,15 +191,15 @@ def merge_checkpoints(
     per_tensor: dict[str, TensorStats] = {}
     squared_norms = [0.0] * len(readers)
     for key in tqdm(keys, desc=f"{config.method} merge", unit="tensor", disable=not progress):
-        base_tensor = base_reader[key]
-        check_finite(base_tensor, key, base_reader.path_of(key))
         merger = method.merger(config)
+        base_tensor = base_reader[key].to(merger.dtype)
         for index, reader in enumerate(readers):
-            tuned = reader[key]
-            check_finite(tuned, key, reader.path_of(key))
-            task_tensor = difference(base_tensor, tuned, merger.dtype)
-            del tuned
-            squared_norms[index] += float(task_tensor.double().pow(2).sum())
+            task_tensor = reader[key].to(merger.dtype).sub_(base_tensor)  # fresh buffer: safe in place
+            squared_norm = float(torch.linalg.vector_norm(task_tensor, dtype=torch.float64)) ** 2
+            if not math.isfinite(squared_norm):  # only now pay for the exact scan that names the culprit
+                check_finite(base_tensor, key, base_reader.path_of(key))
+                check_finite(reader[key], key, reader.path_of(key))
+            squared_norms[index] += squared_norm
             merger.add(task_tensor)
         tensors[key] = merger.result()
         per_tensor[key] = _tensor_stats(tensors[key])

@@ -66,8 +66,8 @@ class TensorMerger(ABC):
         """Restore a running state saved with `state()` after `count` runs were folded."""
         self.shape = tuple(state[self.state_fields[0]].shape)
         self._start(torch.Size(self.shape))
-        for name in self.state_fields:
-            setattr(self, name, state[name])
+        for name in self.state_fields:  # cast: states saved by older versions may use other dtypes
+            setattr(self, name, state[name].to(getattr(self, name).dtype))
         self.count = count
 
 

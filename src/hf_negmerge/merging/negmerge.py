@@ -12,7 +12,9 @@ import torch
 
 from .base import MergeMethod, TensorMerger, register_merge_method
 
-_MAX_RUNS = torch.iinfo(torch.int16).max
+# Sign sums are kept in float32: exact integers up to 2**24 runs, and adding torch.sign(τ)
+# needs no integer copy per run.
+_MAX_RUNS = 2**24
 
 
 class NegMergeMerger(TensorMerger):
@@ -20,9 +22,9 @@ class NegMergeMerger(TensorMerger):
 
     def _start(self, shape: torch.Size) -> None:
         self.total = torch.zeros(shape, dtype=self.dtype)
-        self.sign_sum = torch.zeros(shape, dtype=torch.int16)
+        self.sign_sum = torch.zeros(shape, dtype=torch.float32)
         # Unanimity is |Σ sign| == n; only a k-of-n rule also needs to know how many were non-zero.
-        self.nonzero = None if self.config.is_unanimous else torch.zeros(shape, dtype=torch.int16)
+        self.nonzero = None if self.config.is_unanimous else torch.zeros(shape, dtype=torch.float32)
 
     @property
     def state_fields(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -30,18 +32,18 @@ class NegMergeMerger(TensorMerger):
 
     def _fold(self, task_tensor: torch.Tensor) -> None:
         if self.count >= _MAX_RUNS:
-            raise ValueError(f"NegMerge counts signs in int16 and supports at most {_MAX_RUNS} runs.")
+            raise ValueError(f"NegMerge counts signs in float32 and supports at most {_MAX_RUNS} runs.")
         self.total += task_tensor
-        signs = torch.sign(task_tensor).to(torch.int16)
+        signs = torch.sign(task_tensor).to(torch.float32)
         self.sign_sum += signs
         if self.nonzero is not None:
-            self.nonzero += signs != 0
+            self.nonzero += signs.abs_()
 
     def consensus_mask(self) -> torch.Tensor:
         """Boolean mask of the elements that pass the consensus rule."""
         if self.nonzero is None:
             return self.sign_sum.abs() == self.count
-        agreeing = torch.maximum(self.nonzero + self.sign_sum, self.nonzero - self.sign_sum) // 2
+        agreeing = torch.maximum(self.nonzero + self.sign_sum, self.nonzero - self.sign_sum) / 2
         return agreeing >= math.ceil(self.config.consensus_fraction * self.count - 1e-9)
 
     def _finish(self) -> torch.Tensor:
