@@ -19,20 +19,36 @@ UNLEARNED_SUBDIR = "unlearned_model"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True, type=Path, help="Original model folder (HF layout).")
     parser.add_argument(
-        "--finetuned", required=True, nargs="+", type=Path, help="Fine-tuned model folders (same architecture)."
+        "--finetuned",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="Fine-tuned model folders (same architecture).",
     )
     parser.add_argument("--method", default="negmerge", choices=available_methods(), help="Merge method.")
     parser.add_argument("--out", required=True, type=Path, help="Output folder (created atomically).")
     parser.add_argument(
-        "--scale", type=float, default=None, help="λ: also write the unlearned model θ₀ − λ·τ to OUT/unlearned_model."
+        "--scale",
+        type=float,
+        default=None,
+        help="λ: also write the unlearned model θ₀ − λ·τ to OUT/unlearned_model.",
     )
-    parser.add_argument("--include", nargs="*", default=None, help="fnmatch patterns of tensors that take part.")
+    parser.add_argument(
+        "--include", nargs="*", default=None, help="fnmatch patterns of tensors that take part."
+    )
     parser.add_argument("--exclude", nargs="*", default=None, help="fnmatch patterns of tensors left out.")
     parser.add_argument(
-        "--consensus-fraction", type=float, default=1.0, help="negmerge: 1.0 = unanimous (paper); <1 is an extension."
+        "--consensus-fraction",
+        type=float,
+        default=1.0,
+        help="negmerge: 1.0 = unanimous (paper); <1 is an extension.",
     )
-    parser.add_argument("--density", type=float, default=1.0, help="ties: fraction of entries kept per tensor.")
-    parser.add_argument("--majority-sign-method", default="total", choices=["total", "frequency"], help="ties.")
+    parser.add_argument(
+        "--density", type=float, default=1.0, help="ties: fraction of entries kept per tensor."
+    )
+    parser.add_argument(
+        "--majority-sign-method", default="total", choices=["total", "frequency"], help="ties."
+    )
     parser.add_argument("--accumulation-dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--overwrite", action="store_true", help="Replace OUT if it exists.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
@@ -62,5 +78,8 @@ def run(args: argparse.Namespace) -> int:
         if args.scale is not None:
             write_unlearned_checkpoint(args.base, result.task_vector, args.scale, staging / UNLEARNED_SUBDIR)
     print(result.stats.summary())
-    print(f"Wrote {args.out / MERGED_VECTOR_NAME}" + (f" and {args.out / UNLEARNED_SUBDIR}" if args.scale is not None else ""))
+    print(
+        f"Wrote {args.out / MERGED_VECTOR_NAME}"
+        + (f" and {args.out / UNLEARNED_SUBDIR}" if args.scale is not None else "")
+    )
     return 0
