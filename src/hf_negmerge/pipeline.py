@@ -83,13 +83,36 @@ def encode_split(classifier: Any, dataset: Any, name: str, batch_size: int = 256
 
 
 class Evaluator:
-    """Applies θ₀ − λ·τ to one working copy of the classifier and scores encoded splits."""
+    """Applies θ₀ − λ·τ to one working copy of the classifier and scores encoded splits.
 
-    def __init__(self, classifier: Any, splits: dict[str, EncodedSplit], batch_size: int) -> None:
+    Control splits (another dataset, e.g. ImageNet) are scored with their own zero-shot head,
+    built once from the control class names; the image encoder is shared.
+    """
+
+    CONTROL_SPLITS = ("control_val", "control_test")
+
+    def __init__(
+        self,
+        classifier: Any,
+        splits: dict[str, EncodedSplit],
+        batch_size: int,
+        control_class_names: list[str] | None = None,
+    ) -> None:
         self.classifier = classifier.eval()
         self.splits = splits
         self.batch_size = batch_size
         self._base_state = {key: value.clone() for key, value in classifier.model.state_dict().items()}
+        self._heads: dict[str, torch.Tensor] = {}
+        if control_class_names is not None and any(name in splits for name in self.CONTROL_SPLITS):
+            if not hasattr(classifier, "compute_head"):
+                raise ConfigError(
+                    f"A control dataset with its own classes needs a zero-shot (CLIP) model; "
+                    f"{type(classifier).__name__} has a fixed classification head."
+                )
+            self._heads = {
+                "forget": classifier.zero_shot_head,
+                "control": classifier.compute_head(control_class_names),
+            }
 
     def set_weights(self, vector: TaskVector | None, scale: float) -> None:
         self.classifier.model.load_state_dict(self._base_state)
@@ -97,6 +120,10 @@ class Evaluator:
             vector.apply_to(self.classifier.model, scale=-scale)
 
     def predict(self, split: str) -> Predictions:
+        if self._heads:
+            self.classifier.zero_shot_head = self._heads[
+                "control" if split in self.CONTROL_SPLITS else "forget"
+            ]
         return predict(self.classifier, self.splits[split].batches(self.batch_size))
 
     def accuracy(self, split: str) -> float:
@@ -409,7 +436,12 @@ def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOu
 
     tick = time.perf_counter()
     classifier = ImageClassifier.from_pretrained(base_dir)
-    evaluator = Evaluator(classifier, _encode_all(classifier, data, recipe), recipe.evaluation.batch_size)
+    evaluator = Evaluator(
+        classifier,
+        _encode_all(classifier, data, recipe),
+        recipe.evaluation.batch_size,
+        data.control_class_names,
+    )
     evaluator.set_weights(None, 0.0)
     constraint = _constraint_split(evaluator)
     original_point = LambdaPoint(0.0, evaluator.accuracy("forget_val"), evaluator.accuracy(constraint))
@@ -470,7 +502,10 @@ def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOu
         retrained_dir = prepare_retrained(recipe, data, progress)
         if retrained_dir is not None:
             retrained = Evaluator(
-                ImageClassifier.from_pretrained(retrained_dir), evaluator.splits, recipe.evaluation.batch_size
+                ImageClassifier.from_pretrained(retrained_dir),
+                evaluator.splits,
+                recipe.evaluation.batch_size,
+                data.control_class_names,
             )
             retrain = _test_metrics(retrained, recipe.mia_enabled, recipe.seed)
             for outcome in [main, *comparison]:
