@@ -244,8 +244,11 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
 
 
 def available_recipes() -> list[str]:
+    """Names of the packaged recipes (accelerate launch configs live beside them and are skipped)."""
     return sorted(
-        str(p.relative_to(BUILTIN_RECIPES_DIR).with_suffix("")) for p in BUILTIN_RECIPES_DIR.rglob("*.yaml")
+        str(path.relative_to(BUILTIN_RECIPES_DIR).with_suffix(""))
+        for path in BUILTIN_RECIPES_DIR.rglob("*.yaml")
+        if path.parent.name != "accelerate"
     )
 
 
