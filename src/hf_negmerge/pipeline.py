@@ -190,8 +190,6 @@ def original_training_split(recipe: UnlearnRecipe, data: UnlearningData) -> Any:
     """
     from datasets import concatenate_datasets
 
-    from .data import SOURCE_INDEX_COLUMN
-
     if data.retain_train is None:
         return load_image_dataset(
             recipe.data.dataset,
@@ -200,11 +198,17 @@ def original_training_split(recipe: UnlearnRecipe, data: UnlearningData) -> Any:
             label_column=recipe.data.label_column,
             class_names=recipe.data.class_names,
         )
-    retain = data.retain_train
-    if data.retain_val is not None:
-        held_out = set(data.retain_val[SOURCE_INDEX_COLUMN])
-        retain = retain.filter(lambda index: index not in held_out, input_columns=SOURCE_INDEX_COLUMN)
-    return concatenate_datasets([data.forget_train, retain])
+    return concatenate_datasets([data.forget_train, _retain_without_validation(data)])
+
+
+def _retain_without_validation(data: UnlearningData) -> Any:
+    """retain_train minus the retain validation rows (which the data stage carves inside it)."""
+    from .data import SOURCE_INDEX_COLUMN
+
+    if data.retain_val is None:
+        return data.retain_train
+    held_out = set(data.retain_val[SOURCE_INDEX_COLUMN])
+    return data.retain_train.filter(lambda index: index not in held_out, input_columns=SOURCE_INDEX_COLUMN)
 
 
 def prepare_original(recipe: UnlearnRecipe, data: UnlearningData, work: Path, progress: bool) -> Path:
@@ -240,15 +244,13 @@ def prepare_original(recipe: UnlearnRecipe, data: UnlearningData, work: Path, pr
 
 
 def prepare_retrained(recipe: UnlearnRecipe, data: UnlearningData, progress: bool) -> Path | None:
-    """A model trained from scratch without the forget set (the 'Retrain' reference)."""
-    from datasets import concatenate_datasets
-
+    """A model trained from scratch like θ₀ but without the forget set (the 'Retrain' reference)."""
     from .training.pretrain import prepare_original_model
 
     if data.retain_train is None:
         logger.warning("Retrain reference skipped: scenario %r has no retain set.", data.scenario)
         return None
-    retain = concatenate_datasets([part for part in (data.retain_train, data.retain_val) if part is not None])
+    retain = _retain_without_validation(data)  # the same rows θ₀ saw, less the forget set
     cache = (
         Path(recipe.original.cache_dir) if recipe.original.cache_dir else default_cache_dir() / "originals"
     )
