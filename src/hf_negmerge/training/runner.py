@@ -320,27 +320,14 @@ def run_grid(
     grid_points: GridSpec | Sequence[GridPoint],
     output_dir: str | Path,
     merge_config: NegMergeConfig | None = None,
-    keep_task_vectors: bool = True,
-    keep_checkpoints: bool = False,
-    accelerator: Any | None = None,
-    shard: bool = True,
-    progress: bool = True,
-    teardown: bool | None = None,
+    **options: Any,
 ) -> GridResult:
-    """Run (or resume) a grid and return the merge of every run; see `GridRunner`."""
-    return GridRunner(
-        base_classifier_dir,
-        data,
-        grid_points,
-        output_dir,
-        merge_config=merge_config,
-        keep_task_vectors=keep_task_vectors,
-        keep_checkpoints=keep_checkpoints,
-        accelerator=accelerator,
-        shard=shard,
-        progress=progress,
-        teardown=teardown,
-    ).run()
+    """Run (or resume) a grid and return the merge of every run.
+
+    `options` are `GridRunner`'s other keyword arguments (keep_task_vectors, keep_checkpoints,
+    accelerator, shard, progress, teardown).
+    """
+    return GridRunner(base_classifier_dir, data, grid_points, output_dir, merge_config, **options).run()
 
 
 def _broadcast(accelerator: Any, value: Any) -> Any:
