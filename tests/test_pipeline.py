@@ -57,3 +57,48 @@ def test_dataset_scenario_scores_control_with_its_own_head(tmp_path):
     )
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["scenario"] == "dataset" and metrics["control_dataset"] == str(control_dir)
+
+
+TINY_DEFAULT = [
+    "--no-progress",
+    "grid.axes.randaugment_magnitude=[1,5]",
+    "grid.base.epochs=1",
+    "original.epochs=3",
+    "comparison=[uniform]",
+    "merge.lambda_grid=[0,0.5]",
+]
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_grid_and_match_one_process(tmp_path):
+    """torchrun with 2 CPU processes: runs are split, the main process writes; same vector as 1 process."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from hf_negmerge import TaskVector
+
+    cache = f"original.cache_dir={tmp_path / 'cache'}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = [
+        sys.executable,
+        "-m",
+        "hf_negmerge.cli",
+        "unlearn",
+        "--output-dir",
+        str(tmp_path / "one"),
+        cache,
+    ]
+    subprocess.run([*single, *TINY_DEFAULT], check=True, env=env, capture_output=True, timeout=300)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [*launcher, "-m", "hf_negmerge.cli", "unlearn", "--output-dir", str(tmp_path / "two"), cache]
+    subprocess.run([*command, *TINY_DEFAULT], check=True, env=env, capture_output=True, timeout=300)
+    one = TaskVector.load(tmp_path / "one" / "merged_task_vector.safetensors")
+    two = TaskVector.load(tmp_path / "two" / "merged_task_vector.safetensors")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
+    one_metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two_metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert one_metrics["scale"] == two_metrics["scale"]

@@ -147,3 +147,13 @@ def test_from_lora_is_dense_delta_w():
         peft_model.save_pretrained(folder)
         from_folder = TaskVector.from_lora(base, folder)
     torch.testing.assert_close(from_folder[key], vector[key])
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    path = TaskVector({"a": torch.zeros(2)}).save(tmp_path / "tv.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

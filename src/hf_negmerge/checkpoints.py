@@ -43,6 +43,15 @@ _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 class _SafetensorsFile:
     """One safetensors file: header parsed once, tensors read on demand with `os.pread`."""
 
@@ -261,6 +270,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -415,7 +415,9 @@ def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOu
 
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True when there is no GPU: otherwise torchrun / accelerate launch CPU processes each
+    # see a single-process world and all of them would run the whole grid.
+    state = PartialState(cpu=not torch.cuda.is_available())
     data = build_unlearning_data(recipe.data)
     with state.main_process_first():  # θ₀ is trained once; the other processes then load it
         base_dir = prepare_original(recipe, data, work, progress and state.is_main_process)
