@@ -13,6 +13,7 @@ import yaml
 from .checkpoints import atomic_write_text
 from .evaluation import markdown_table, to_jsonable, write_comparison
 from .evaluation.plots import plot_kept_fraction, plot_lambda_curves
+from .task_vector import MERGED_VECTOR_NAME
 
 if TYPE_CHECKING:
     from .pipeline import MethodOutcome, UnlearningOutcome
@@ -22,7 +23,6 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 LAMBDA_PLOT = "lambda_curves.png"
 KEPT_PLOT = "kept_fraction.png"
-MERGED_VECTOR_NAME = "merged_task_vector.safetensors"
 
 
 def _curve(outcome: MethodOutcome) -> list[dict[str, float]]:

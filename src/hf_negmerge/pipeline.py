@@ -45,7 +45,11 @@ from .task_vector import TaskVector
 logger = logging.getLogger(__name__)
 
 WORK_DIR = "work"
-MERGED_VECTOR_NAME = "merged_task_vector.safetensors"
+
+
+def _originals_cache(recipe: UnlearnRecipe) -> Path:
+    """Where trained θ₀ (and Retrain) folders are cached, keyed by their settings."""
+    return Path(recipe.original.cache_dir) if recipe.original.cache_dir else default_cache_dir() / "originals"
 
 
 def default_cache_dir() -> Path:
@@ -221,15 +225,10 @@ def prepare_original(recipe: UnlearnRecipe, data: UnlearningData, work: Path, pr
     if data.class_names is None:
         raise ConfigError("The forget dataset has no class names; set data.class_names (CLIP needs them).")
     if recipe.original.train:
-        cache = (
-            Path(recipe.original.cache_dir)
-            if recipe.original.cache_dir
-            else default_cache_dir() / "originals"
-        )
         return prepare_original_model(
             recipe.model,
             original_training_split(recipe, data),
-            cache,
+            _originals_cache(recipe),
             epochs=recipe.original.epochs,
             learning_rate=recipe.original.learning_rate,
             batch_size=recipe.original.batch_size,
@@ -251,9 +250,7 @@ def prepare_retrained(recipe: UnlearnRecipe, data: UnlearningData, progress: boo
         logger.warning("Retrain reference skipped: scenario %r has no retain set.", data.scenario)
         return None
     retain = _retain_without_validation(data)  # the same rows θ₀ saw, less the forget set
-    cache = (
-        Path(recipe.original.cache_dir) if recipe.original.cache_dir else default_cache_dir() / "originals"
-    )
+    cache = _originals_cache(recipe)
     return prepare_original_model(
         recipe.model,
         retain,

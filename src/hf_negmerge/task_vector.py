@@ -23,6 +23,8 @@ from .errors import CheckpointError
 from .key_space import checkpoint_state_dict, checkpoint_to_runtime_names
 
 _METADATA_KEY = "hf_negmerge"
+#: file name of a merged task vector in every output folder (merge CLI, grid runner, unlearn run)
+MERGED_VECTOR_NAME = "merged_task_vector.safetensors"
 
 
 def select_keys(

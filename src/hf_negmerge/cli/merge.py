@@ -9,9 +9,9 @@ from pathlib import Path
 from ..checkpoints import atomic_output_dir, atomic_write_text
 from ..config import NegMergeConfig
 from ..merging import available_methods, merge_checkpoints
+from ..task_vector import MERGED_VECTOR_NAME
 from ..unlearn import write_unlearned_checkpoint
 
-MERGED_VECTOR_NAME = "merged_task_vector.safetensors"
 STATS_NAME = "merge_stats.json"
 UNLEARNED_SUBDIR = "unlearned_model"
 

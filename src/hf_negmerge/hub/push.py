@@ -18,13 +18,13 @@ from pathlib import Path
 
 from ..config import CONFIG_NAME, NegMergeConfig
 from ..errors import CheckpointError, ConfigError
-from ..task_vector import TaskVector
+from ..task_vector import MERGED_VECTOR_NAME, TaskVector
 from ._upload import check_repo_id, upload_folder_to_repo
 from .card import CARD_NAME, UnlearningCardData, task_for_architectures, write_model_card
 from .negation_vector import NegationVector
 
 METRICS_NAME = "metrics.json"
-DENSE_VECTOR_NAME = "merged_task_vector.safetensors"
+DENSE_VECTOR_NAME = MERGED_VECTOR_NAME
 MODEL_CONFIG_NAME = "config.json"
 _NOT_UPLOADED = {DENSE_VECTOR_NAME, CARD_NAME}
 

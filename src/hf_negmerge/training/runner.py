@@ -36,14 +36,14 @@ from ..checkpoints import atomic_output_dir, atomic_write_text
 from ..config import NegMergeConfig
 from ..errors import CheckpointError, ConfigError, NegMergeError
 from ..merging.accumulate import MergeAccumulator, MergeResult
-from ..task_vector import TaskVector
+from ..task_vector import MERGED_VECTOR_NAME, TaskVector
 from .grid import GridPoint, GridSpec, as_grid_points
 from .loop import finetune
 
 RUNS_DIR = "runs"
 GRID_FILE = "grid.json"
 ACCUMULATOR_FILE = "accumulator.safetensors"
-MERGED_FILE = "merged_task_vector.safetensors"
+MERGED_FILE = MERGED_VECTOR_NAME
 STATS_FILE = "merge_stats.json"
 PARAMS_FILE = "params.json"
 TASK_VECTOR_FILE = "task_vector.safetensors"
