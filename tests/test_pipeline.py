@@ -102,3 +102,52 @@ def test_two_processes_share_the_grid_and_match_one_process(tmp_path):
     one_metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two_metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one_metrics["scale"] == two_metrics["scale"]
+
+
+@pytest.mark.slow
+def test_excluded_tensors_stay_original_for_every_method(tmp_path):
+    """merge.exclude applies to the merge AND to single-run task arithmetic (same parameters compared)."""
+    import torch
+
+    from hf_negmerge import TaskVector
+    from hf_negmerge.data import build_unlearning_data
+    from hf_negmerge.evaluation import predict_dataset
+    from hf_negmerge.key_space import checkpoint_state_dict
+    from hf_negmerge.models import ImageClassifier
+    from hf_negmerge.pipeline import run_unlearning
+    from hf_negmerge.recipe import load_recipe
+
+    out = tmp_path / "out"
+    recipe = load_recipe(
+        None,
+        [
+            *TINY_DEFAULT[1:],
+            "comparison=[task_arithmetic]",
+            "merge.lambda_grid=[0,2,4]",
+            "merge.exclude=[vit.embeddings.*]",
+            f"output_dir={out}",
+            f"original.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+    outcome = run_unlearning(recipe, progress=False)
+    (original_dir,) = list((tmp_path / "cache").iterdir())
+    original = checkpoint_state_dict(ImageClassifier.from_pretrained(original_dir).model)
+    unlearned = checkpoint_state_dict(ImageClassifier.from_pretrained(out).model)
+    merged = TaskVector.load(out / "merged_task_vector.safetensors")
+    embeddings = [key for key in original if key.startswith("vit.embeddings.")]
+    assert embeddings and not any(key in merged for key in embeddings)
+    for key in embeddings:  # bit-identical to θ₀
+        assert torch.equal(unlearned[key], original[key]), key
+
+    # single-run task arithmetic, recomputed here with the embeddings dropped by hand
+    data = build_unlearning_data(recipe.data)
+    assert len(outcome.per_run) == len(outcome.run_ids)
+    for row in outcome.per_run:
+        raw = TaskVector.load(out / "work" / "grid" / "runs" / row.run_id / "task_vector.safetensors")
+        assert any(raw[key].abs().sum() > 0 for key in embeddings)  # the runs did train them
+        kept = TaskVector({key: raw[key] for key in raw if not key.startswith("vit.embeddings.")})
+        for point in row.selection.curve:
+            model = ImageClassifier.from_pretrained(original_dir)
+            kept.apply_to(model.model, scale=-point.scale)
+            assert point.forget_accuracy == pytest.approx(predict_dataset(model, data.forget_val).accuracy())
+            assert point.retain_accuracy == pytest.approx(predict_dataset(model, data.retain_val).accuracy())

@@ -40,7 +40,7 @@ from .evaluation import Predictions, avg_gap, mia_efficacy, predict
 from .lambda_search import LambdaPoint, LambdaSelection, search_lambda
 from .merging import MergeResult, merge_task_vectors
 from .recipe import UnlearnRecipe
-from .task_vector import TaskVector
+from .task_vector import TaskVector, select_keys
 
 logger = logging.getLogger(__name__)
 
@@ -344,12 +344,18 @@ def _outcome(
     return MethodOutcome(config.method, label, selection, test, kept_fraction, run_id)
 
 
-def _load_vectors(grid_dir: Path, run_ids: list[str]) -> Callable[[], Iterator[TaskVector]]:
+def _load_vectors(
+    grid_dir: Path, run_ids: list[str], config: NegMergeConfig
+) -> Callable[[], Iterator[TaskVector]]:
+    """The runs' task vectors restricted to the merge's include/exclude tensors, so single-run
+    task arithmetic is compared on the same parameters as the merges."""
     from .training.runner import RUNS_DIR, TASK_VECTOR_FILE
 
     def vectors() -> Iterator[TaskVector]:
         for run_id in run_ids:
-            yield TaskVector.load(grid_dir / RUNS_DIR / run_id / TASK_VECTOR_FILE)
+            vector = TaskVector.load(grid_dir / RUNS_DIR / run_id / TASK_VECTOR_FILE)
+            keys = select_keys(vector.keys(), config.include, config.exclude)
+            yield TaskVector({key: vector[key] for key in keys}, vector.metadata)
 
     return vectors
 
@@ -458,7 +464,7 @@ def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOu
         progress,
         kept_fraction=grid.merge.stats.kept_fraction,
     )
-    vectors = _load_vectors(grid.output_dir, grid.run_ids)
+    vectors = _load_vectors(grid.output_dir, grid.run_ids, recipe.merge)
     comparison: list[MethodOutcome] = []
     per_run: list[MethodOutcome] = []
     for method in recipe.comparison:

@@ -1,0 +1,131 @@
+"""Benchmark: one unlearning recipe over several seeds, every method, mean ± std and pass counts.
+
+On toy data a single run says little: the forgotten class has ~45 test images, and θ₀'s own
+training (seed, thread count) moves the result by tens of points. This script runs the whole
+recipe (θ₀, grid, NegMerge and every comparison method with its own λ) once per seed and
+reports, per method, the mean ± standard deviation of the test numbers and how many seeds meet
+a target (forget accuracy ≤ `--max-forget`, retain accuracy ≥ `--retain-ratio` × original).
+
+Each seed writes an ordinary output folder under `--output-root/seed-<n>`, so an interrupted
+sweep resumes (cached θ₀, finished grid runs) and every number can be inspected afterwards.
+
+    python benchmarks/unlearning_seeds.py                        # built-in default, seeds 0..4
+    python benchmarks/unlearning_seeds.py --recipe digits/random-forgetting --seeds 0 1 2
+    python benchmarks/unlearning_seeds.py --seeds 0 1 -- grid.base.epochs=2   # recipe overrides
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+METRICS = ("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy", "avg_gap")
+
+
+def run_seed(recipe_name: str, seed: int, output_root: Path, overrides: list[str]) -> dict[str, Any]:
+    """Run (or resume) the recipe for one seed; return its rows and the original's numbers."""
+    from hf_negmerge.pipeline import run_unlearning
+    from hf_negmerge.recipe import load_recipe
+
+    recipe = load_recipe(
+        recipe_name, [*overrides, f"seed={seed}", f"output_dir={output_root / f'seed-{seed}'}"]
+    )
+    started = time.perf_counter()
+    outcome = run_unlearning(recipe, progress=False)
+    rows = {row["method"]: row for row in outcome.rows()}
+    return {
+        "seed": seed,
+        "seconds": round(time.perf_counter() - started, 1),
+        "original": outcome.original,
+        "main": outcome.main.label,
+        "methods": {_method_name(label): row for label, row in rows.items() if label != "original"},
+    }
+
+
+def _method_name(label: str) -> str:
+    """'task_arithmetic (best: ra-m1-n1-…)' → 'task_arithmetic (best)': comparable across seeds."""
+    return label.split(" (best")[0] + " (best)" if "(best" in label else label
+
+
+def meets_target(
+    row: dict[str, Any], original: dict[str, float], max_forget: float, retain_ratio: float
+) -> bool:
+    return (
+        row.get("forget_accuracy", float("inf")) <= max_forget
+        and row.get("retain_accuracy", 0.0) >= retain_ratio * original["retain_accuracy"]
+    )
+
+
+def summarise(results: list[dict[str, Any]], max_forget: float, retain_ratio: float) -> str:
+    """A markdown table: per method, mean ± std over seeds of each metric, and the target count."""
+    methods = [name for name in results[0]["methods"] if not name.startswith("task_arithmetic[")]
+    present = [m for m in METRICS if any(m in r["methods"][methods[0]] for r in results)]
+    header = ["method", *present, "retain / original", "λ", f"meets target (of {len(results)})"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    originals = [r["original"] for r in results]
+    lines.append(
+        "| original | "
+        + " | ".join(_mean_std([o[m] for o in originals if m in o]) for m in present)
+        + " | 1.00 | 0 | – |"
+    )
+    for method in methods:
+        rows = [r["methods"][method] for r in results]
+        ratios = [
+            row["retain_accuracy"] / o["retain_accuracy"] for row, o in zip(rows, originals, strict=True)
+        ]
+        hits = sum(
+            meets_target(row, o, max_forget, retain_ratio) for row, o in zip(rows, originals, strict=True)
+        )
+        cells = [_mean_std([row[m] for row in rows if m in row]) for m in present]
+        scale = "–" if method == "retrain" else _mean_std([row["scale"] for row in rows], digits=2)
+        lines.append(
+            f"| {method} | " + " | ".join(cells) + f" | {_mean_std(ratios, digits=3)} | {scale} | {hits} |"
+        )
+    return "\n".join(lines)
+
+
+def _mean_std(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="default", help="built-in recipe name or YAML path")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--output-root", type=Path, default=Path("seed-sweep"))
+    parser.add_argument(
+        "--max-forget", type=float, default=15.0, help="target: forget accuracy ≤ this (percent)"
+    )
+    parser.add_argument("--retain-ratio", type=float, default=0.95, help="target: retain ≥ ratio × original")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides key=value (after --)")
+    args = parser.parse_args()
+
+    results = []
+    for seed in args.seeds:
+        result = run_seed(args.recipe, seed, args.output_root, args.overrides)
+        row = result["methods"][result["main"]]
+        print(
+            f"seed {seed}: {result['seconds']:.0f} s; {result['main']} forget {row['forget_accuracy']:.1f}, "
+            f"retain {row['retain_accuracy']:.1f} (original {result['original']['retain_accuracy']:.1f})",
+            flush=True,
+        )
+        results.append(result)
+    table = summarise(results, args.max_forget, args.retain_ratio)
+    print(table)
+    args.output_root.mkdir(parents=True, exist_ok=True)
+    (args.output_root / "summary.md").write_text(table + "\n", encoding="utf-8")
+    (args.output_root / "summary.json").write_text(
+        json.dumps(results, indent=2, default=float) + "\n", encoding="utf-8"
+    )
+
+
+if __name__ == "__main__":
+    main()
