@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from .grid import canonical_json
 
 PRETRAIN_RECORD_FILE = "pretrain.json"
-_RECIPE_VERSION = 1
+_RECIPE_VERSION = 2  # 2: fused AdamW
 
 Objective = Callable[[Any], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 
@@ -147,7 +147,10 @@ def prepare_original_model(
         parameter.requires_grad_(True)
     pixels, labels = _encode(classifier, dataset)
     objective = recipe.objective(classifier)
-    optimizer = torch.optim.AdamW(classifier.model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    # fused: one kernel for all tensors, ~10% faster steps for tiny models on CPU (torch ≥ 2.4)
+    optimizer = torch.optim.AdamW(
+        classifier.model.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True
+    )
     steps_per_epoch = -(-len(labels) // batch_size)
     scheduler = _warmup_cosine(optimizer, total_steps=epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
