@@ -138,6 +138,7 @@ def test_excluded_tensors_stay_original_for_every_method(tmp_path):
     assert embeddings and not any(key in merged for key in embeddings)
     for key in embeddings:  # bit-identical to θ₀
         assert torch.equal(unlearned[key], original[key]), key
+    assert "except ['vit.embeddings.*']" in (out / "report.md").read_text()
 
     # single-run task arithmetic, recomputed here with the embeddings dropped by hand
     data = build_unlearning_data(recipe.data)

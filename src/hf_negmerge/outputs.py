@@ -16,6 +16,7 @@ from .evaluation.plots import plot_kept_fraction, plot_lambda_curves
 from .task_vector import MERGED_VECTOR_NAME
 
 if TYPE_CHECKING:
+    from .config import NegMergeConfig
     from .pipeline import MethodOutcome, UnlearningOutcome
     from .recipe import UnlearnRecipe
 
@@ -74,6 +75,16 @@ def metrics_summary(recipe: UnlearnRecipe, outcome: UnlearningOutcome) -> dict[s
     )
 
 
+def _merged_tensors_line(config: NegMergeConfig) -> str:
+    """Which tensors every method's task vector covers: include/exclude change the results."""
+    if config.include is None and not config.exclude:
+        return "Task vectors cover every fine-tuned tensor, for every method."
+    parts = [f"only {config.include}" if config.include is not None else "every fine-tuned tensor"]
+    if config.exclude:
+        parts.append(f"except {config.exclude}")
+    return f"Task vectors cover {' '.join(parts)} (merge.include/exclude), for every method."
+
+
 def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome) -> str:
     main = outcome.main
     stats = outcome.merge.stats
@@ -84,6 +95,8 @@ def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome) -> str:
         + (f", classes {recipe.data.forget_classes}" if recipe.data.forget_classes else "")
         + f"); model: `{recipe.model.name_or_path or 'tiny ' + recipe.model.architecture}`; "
         f"{len(outcome.run_ids)} fine-tuned runs.",
+        "",
+        _merged_tensors_line(recipe.merge),
         "",
         "## Results (test splits, percent)",
         "",
