@@ -105,6 +105,8 @@ def _mean_std(values: list[float], digits: int = 1) -> str:
 
 
 def main() -> None:
+    from hf_negmerge.checkpoints import atomic_write_text
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="default", help="built-in recipe name or YAML path")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -128,11 +130,8 @@ def main() -> None:
         results.append(result)
     table = summarise(results, args.max_forget, args.retain_ratio)
     print(table)
-    args.output_root.mkdir(parents=True, exist_ok=True)
-    (args.output_root / "summary.md").write_text(table + "\n", encoding="utf-8")
-    (args.output_root / "summary.json").write_text(
-        json.dumps(results, indent=2, default=float) + "\n", encoding="utf-8"
-    )
+    atomic_write_text(args.output_root / "summary.md", table + "\n")
+    atomic_write_text(args.output_root / "summary.json", json.dumps(results, indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":
