@@ -21,10 +21,9 @@ from .data import DataConfig
 from .errors import ConfigError
 from .merging import available_methods
 from .models import ModelConfig
+from .recipe_files import BUILTIN_RECIPES_DIR, DEFAULT_RECIPE, available_recipes
 from .training.grid import GridSpec
 
-BUILTIN_RECIPES_DIR = Path(__file__).parent / "recipes"
-DEFAULT_RECIPE = "default"
 
 
 @dataclass
@@ -240,15 +239,6 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
         return packaged
     raise ConfigError(
         f"Recipe {name_or_path} is neither a file nor a packaged recipe; packaged: {', '.join(available_recipes())}."
-    )
-
-
-def available_recipes() -> list[str]:
-    """Names of the packaged recipes (accelerate launch configs live beside them and are skipped)."""
-    return sorted(
-        str(path.relative_to(BUILTIN_RECIPES_DIR).with_suffix(""))
-        for path in BUILTIN_RECIPES_DIR.rglob("*.yaml")
-        if path.parent.name != "accelerate"
     )
 
 

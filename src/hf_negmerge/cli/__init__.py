@@ -1,8 +1,8 @@
 """`hf-negmerge` command line: a registry of subcommands, each in its own module.
 
-Subcommand modules are imported lazily so `hf-negmerge --help` stays fast and a
-missing optional dependency of one command never breaks the others. Each module
-exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and imports
+nothing heavy at module level: torch, transformers and datasets load inside ``run``, so
+`hf-negmerge --help` and `--version` answer at once and print no library warnings.
 """
 
 from __future__ import annotations
@@ -26,10 +26,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="hf-negmerge",
         description="Machine unlearning by sign-consensus weight merging (NegMerge).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -47,13 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command is None:
-        default = COMMANDS.get("unlearn")
-        if default is None:
-            parser.print_help()
-            return 0
-        # No arguments: run the built-in default unlearning job.
-        return main(["unlearn"])
+    if args.command is None:  # bare `hf-negmerge`: show what there is, start nothing
+        parser.print_help()
+        return 0
     try:
         return int(args._module.run(args) or 0)
     except (NegMergeError, FileExistsError, FileNotFoundError) as error:

@@ -10,8 +10,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ..hub.push import prepare_upload_folder, push_unlearned_model
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -37,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hub.push import prepare_upload_folder, push_unlearned_model
+
     include_vector = not args.no_vector
     if args.dry_run:
         with tempfile.TemporaryDirectory(prefix="hf-negmerge-push-dry-run-") as staging:

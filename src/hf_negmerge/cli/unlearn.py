@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..recipe import available_recipes, load_recipe
+from ..recipe_files import available_recipes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
+    from ..recipe import load_recipe
+
     recipe = load_recipe(args.config, overrides)
     from ..pipeline import describe_plan
 
