@@ -25,7 +25,6 @@ from .recipe_files import BUILTIN_RECIPES_DIR, DEFAULT_RECIPE, available_recipes
 from .training.grid import GridSpec
 
 
-
 @dataclass
 class OriginalModelConfig:
     """θ₀: an existing classifier folder, or (tiny/offline models) one trained here and cached."""
