@@ -139,7 +139,9 @@ class KeyNames:
             "give it in one naming."
         )
 
-    def as_checkpoint(self, state_dict: Mapping[str, torch.Tensor], what: object) -> Mapping[str, torch.Tensor]:
+    def as_checkpoint(
+        self, state_dict: Mapping[str, torch.Tensor], what: object
+    ) -> Mapping[str, torch.Tensor]:
         """`state_dict` keyed by checkpoint names, whichever naming it came in."""
         if self.naming_of(state_dict.keys(), what) == "checkpoint":
             return state_dict
@@ -211,4 +213,3 @@ def _meta_model(folder: Path) -> nn.Module | None:
             return model_class(config)
     except Exception:  # any failure only means: no runtime names are known for this folder
         return None
-

@@ -95,7 +95,9 @@ def finetuned_tensor_names(classifier: Any) -> list[str]:
     from .key_space import KeyNames, checkpoint_state_dict
     from .task_vector import select_keys
 
-    floats = [key for key, tensor in checkpoint_state_dict(classifier.model).items() if tensor.is_floating_point()]
+    floats = [
+        key for key, tensor in checkpoint_state_dict(classifier.model).items() if tensor.is_floating_point()
+    ]
     return select_keys(floats, classifier.trainable_parameter_patterns(), None, KeyNames.of(classifier.model))
 
 
@@ -159,7 +161,9 @@ def build_output_files(
     vector.save(staging / MERGED_VECTOR_NAME)
     summary = metrics_summary(recipe, outcome)
     atomic_write_text(staging / METRICS_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(staging / REPORT_FILE, render_report(recipe, outcome, finetuned_tensor_names(unlearned)))
+    atomic_write_text(
+        staging / REPORT_FILE, render_report(recipe, outcome, finetuned_tensor_names(unlearned))
+    )
     write_comparison(outcome.rows(), staging / "comparison.md", staging / "comparison.json")
     atomic_write_text(staging / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     plot_lambda_curves({o.label: o.selection for o in [main, *outcome.comparison]}, staging / LAMBDA_PLOT)

@@ -331,7 +331,9 @@ class TaskVector:
         else:
             key_names = KeyNames.of(model)
             runtime_named = key_names.naming_of(result.keys(), "the state dict") == "runtime"
-            location = {key: key_names.runtime.get(key, key) if runtime_named else key for key in self.tensors}
+            location = {
+                key: key_names.runtime.get(key, key) if runtime_named else key for key in self.tensors
+            }
         for key, delta in self.tensors.items():
             name = location[key]
             if name not in result:
