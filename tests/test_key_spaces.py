@@ -18,8 +18,10 @@ from safetensors.torch import load_file
 from conftest import make_tiny_clip, make_tiny_vit
 from hf_negmerge import NegMergeConfig, TaskVector
 from hf_negmerge.errors import CheckpointError, ConfigError
+from hf_negmerge.hub import NegationVector
 from hf_negmerge.key_space import KeyNames, checkpoint_state_dict
 from hf_negmerge.merging import MergeAccumulator, merge_checkpoints, merge_task_vectors
+from hf_negmerge.unlearn import unlearn
 
 QUERY_DISK = "vit.encoder.layer.0.attention.attention.query.weight"
 QUERY_RUNTIME = "vit.layers.0.attention.q_proj.weight"
@@ -146,6 +148,10 @@ def test_apply_to_models_and_state_dicts_in_either_naming(saved_vit):
         torch.testing.assert_close(model.state_dict()[names[key]], value, rtol=0, atol=1e-7)
     with pytest.raises(CheckpointError, match=r"no tensor 'vit\.encoder.*pass model="):
         vector.apply_to(base.state_dict(), scale=-0.5)
+    unlearned = unlearn(base.state_dict(), vector, 0.5, model=base)
+    negation = NegationVector.from_task_vector(vector, 0.5).apply_to(base.state_dict(), model=base)
+    for name, value in runtime.items():
+        assert torch.equal(unlearned[name], value) and torch.equal(negation[name], value), name
 
 
 def test_image_classifier_is_read_through_its_transformers_model():
@@ -230,6 +236,21 @@ def test_unmatched_pattern_is_an_error_showing_real_names(saved_vit, option):
         ConfigError, match=r"'zzz' matches no tensor .*first names: .*'vit\.embeddings\.cls_token'"
     ):
         TaskVector.from_models(base, tuned[0], **{option: ["zzz"]})
+
+
+def test_merge_cli_takes_runtime_patterns_and_exits_2_on_an_unmatched_one(saved_vit, tmp_path, capsys):
+    from hf_negmerge.cli import main
+
+    _, _, folders = saved_vit
+    common = ["merge", "--base", str(folders[0]), "--finetuned", *map(str, folders[1:]), "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "ok"), "--include", "*.q_proj.*"]) == 0
+    merged = TaskVector.load(tmp_path / "ok" / "merged_task_vector.safetensors")
+    assert set(merged.keys()) == _query_keys(load_file(folders[0] / "model.safetensors"))
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "typo"), "--exclude", "vit.embedings.*"]) == 2
+    err = capsys.readouterr().err
+    assert "error: exclude pattern 'vit.embedings.*' matches no tensor" in err and "'vit.embeddings." in err
+    assert "Traceback" not in err and not (tmp_path / "typo").exists()
 
 
 def test_patterns_are_checked_against_every_tensor_not_only_the_vectors():
