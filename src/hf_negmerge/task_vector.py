@@ -73,6 +73,10 @@ class TaskVector:
     Arithmetic (`+`, `-`, scalar `*`, unary `-`) works key by key; `apply_to` adds
     `scale · τ` to a model or state dict. NegMerge's unlearning step is
     `merged.apply_to(model, scale=-λ)`.
+
+    Keys are always checkpoint names, whatever the vector was built from: models are
+    translated, and state dicts in runtime names are translated through a reference model
+    (see `from_state_dicts`), so every vector merges with every other of the same model.
     """
 
     def __init__(
