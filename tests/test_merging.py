@@ -208,5 +208,7 @@ def test_include_exclude_select_tensors():
     assert result.task_vector.keys() == ["a.weight"]
     result = merge_task_vectors(vectors, NegMergeConfig(exclude=["a.*"]))
     assert result.task_vector.keys() == ["b.bias"]
-    with pytest.raises(MergeError, match="No tensor"):
+    with pytest.raises(ConfigError, match=r"include pattern 'nothing\.\*' matches no tensor.*'a\.weight'"):
         merge_task_vectors(vectors, NegMergeConfig(include=["nothing.*"]))
+    with pytest.raises(MergeError, match="No tensor"):  # each pattern matches, together they leave nothing
+        merge_task_vectors(vectors, NegMergeConfig(include=["a.*"], exclude=["a.*"]))

@@ -75,17 +75,34 @@ def metrics_summary(recipe: UnlearnRecipe, outcome: UnlearningOutcome) -> dict[s
     )
 
 
-def _merged_tensors_line(config: NegMergeConfig) -> str:
-    """Which tensors every method's task vector covers: include/exclude change the results."""
+def _merged_tensors_line(config: NegMergeConfig, covered: list[str], finetuned: list[str]) -> str:
+    """Which tensors every method's task vector covers, as matched, not as the patterns read."""
     if config.include is None and not config.exclude:
-        return "Task vectors cover every fine-tuned tensor, for every method."
-    parts = [f"only {config.include}" if config.include is not None else "every fine-tuned tensor"]
-    if config.exclude:
-        parts.append(f"except {config.exclude}")
-    return f"Task vectors cover {' '.join(parts)} (merge.include/exclude), for every method."
+        return f"Task vectors cover all {len(finetuned)} fine-tuned tensors, for every method."
+    left_out = [key for key in finetuned if key not in set(covered)]
+    patterns = " and ".join(
+        f"merge.{name} {getattr(config, name)}" for name in ("include", "exclude") if getattr(config, name)
+    )
+    shown = ", ".join(f"`{key}`" for key in left_out[:6]) + (", …" if len(left_out) > 6 else "")
+    return (
+        f"Task vectors cover {len(covered)} of the {len(finetuned)} fine-tuned tensors, for every method: "
+        f"{patterns} left out {len(left_out)}" + (f" ({shown})." if left_out else ".")
+    )
 
 
-def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome) -> str:
+def finetuned_tensor_names(classifier: Any) -> list[str]:
+    """Checkpoint names of the float tensors fine-tuning changes (the runs' task-vector keys)."""
+    from .key_space import KeyNames, checkpoint_state_dict
+    from .task_vector import select_keys
+
+    floats = [
+        key for key, tensor in checkpoint_state_dict(classifier.model).items() if tensor.is_floating_point()
+    ]
+    return select_keys(floats, classifier.trainable_parameter_patterns(), None, KeyNames.of(classifier.model))
+
+
+def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome, finetuned: list[str]) -> str:
+    """report.md; `finetuned`: the fine-tuned tensor names (`finetuned_tensor_names`)."""
     main = outcome.main
     stats = outcome.merge.stats
     lines = [
@@ -96,7 +113,7 @@ def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome) -> str:
         + f"); model: `{recipe.model.name_or_path or 'tiny ' + recipe.model.architecture}`; "
         f"{len(outcome.run_ids)} fine-tuned runs.",
         "",
-        _merged_tensors_line(recipe.merge),
+        _merged_tensors_line(recipe.merge, outcome.merge.task_vector.keys(), finetuned),
         "",
         "## Results (test splits, percent)",
         "",
@@ -144,7 +161,9 @@ def build_output_files(
     vector.save(staging / MERGED_VECTOR_NAME)
     summary = metrics_summary(recipe, outcome)
     atomic_write_text(staging / METRICS_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(staging / REPORT_FILE, render_report(recipe, outcome))
+    atomic_write_text(
+        staging / REPORT_FILE, render_report(recipe, outcome, finetuned_tensor_names(unlearned))
+    )
     write_comparison(outcome.rows(), staging / "comparison.md", staging / "comparison.json")
     atomic_write_text(staging / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     plot_lambda_curves({o.label: o.selection for o in [main, *outcome.comparison]}, staging / LAMBDA_PLOT)

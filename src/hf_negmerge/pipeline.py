@@ -37,6 +37,7 @@ from .config import NegMergeConfig
 from .data import UnlearningData, build_unlearning_data, load_image_dataset
 from .errors import ConfigError
 from .evaluation import Predictions, avg_gap, mia_efficacy, predict
+from .key_space import KeyNames
 from .lambda_search import LambdaPoint, LambdaSelection, search_lambda
 from .merging import MergeResult, merge_task_vectors
 from .recipe import UnlearnRecipe
@@ -345,16 +346,17 @@ def _outcome(
 
 
 def _load_vectors(
-    grid_dir: Path, run_ids: list[str], config: NegMergeConfig
+    grid_dir: Path, run_ids: list[str], config: NegMergeConfig, key_names: KeyNames
 ) -> Callable[[], Iterator[TaskVector]]:
     """The runs' task vectors restricted to the merge's include/exclude tensors, so single-run
-    task arithmetic is compared on the same parameters as the merges."""
+    task arithmetic is compared on the same parameters as the merges (patterns in either
+    naming, resolved with the base model's `key_names`)."""
     from .training.runner import RUNS_DIR, TASK_VECTOR_FILE
 
     def vectors() -> Iterator[TaskVector]:
         for run_id in run_ids:
             vector = TaskVector.load(grid_dir / RUNS_DIR / run_id / TASK_VECTOR_FILE)
-            keys = select_keys(vector.keys(), config.include, config.exclude)
+            keys = select_keys(vector.keys(), config.include, config.exclude, key_names)
             yield TaskVector({key: vector[key] for key in keys}, vector.metadata)
 
     return vectors
@@ -464,7 +466,8 @@ def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOu
         progress,
         kept_fraction=grid.merge.stats.kept_fraction,
     )
-    vectors = _load_vectors(grid.output_dir, grid.run_ids, recipe.merge)
+    key_names = KeyNames.of(classifier.model)
+    vectors = _load_vectors(grid.output_dir, grid.run_ids, recipe.merge, key_names)
     comparison: list[MethodOutcome] = []
     per_run: list[MethodOutcome] = []
     for method in recipe.comparison:
@@ -489,7 +492,7 @@ def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOu
             best = min(per_run, key=lambda o: (not o.selection.qualified, o.selection.point.forget_accuracy))
             comparison.append(dataclasses.replace(best, label=f"task_arithmetic (best: {best.run_id})"))
             continue
-        merged = merge_task_vectors(vectors(), config)
+        merged = merge_task_vectors(vectors(), config, key_names)
         comparison.append(
             _outcome(
                 evaluator,

@@ -8,7 +8,6 @@ from the base model untouched.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
@@ -20,7 +19,7 @@ from torch import nn
 
 from .checkpoints import CheckpointReader, save_safetensors
 from .errors import CheckpointError
-from .key_space import checkpoint_state_dict, checkpoint_to_runtime_names
+from .key_space import KeyNames, checkpoint_state_dict, unwrap_model
 
 _METADATA_KEY = "hf_negmerge"
 #: file name of a merged task vector in every output folder (merge CLI, grid runner, unlearn run)
@@ -28,17 +27,22 @@ MERGED_VECTOR_NAME = "merged_task_vector.safetensors"
 
 
 def select_keys(
-    keys: Iterable[str], include: Iterable[str] | None = None, exclude: Iterable[str] | None = None
+    keys: Iterable[str],
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    names: KeyNames | None = None,
 ) -> list[str]:
-    """Keys matching any `include` pattern (all when None) and no `exclude` pattern (fnmatch)."""
-    include = list(include) if include is not None else None
-    exclude = list(exclude or [])
-    return [
-        key
-        for key in keys
-        if (include is None or any(fnmatch.fnmatchcase(key, p) for p in include))
-        and not any(fnmatch.fnmatchcase(key, p) for p in exclude)
-    ]
+    """Keys matching any `include` pattern (all when None) and no `exclude` pattern (fnmatch).
+
+    `keys` are checkpoint names. With `names` (the model's `KeyNames`) a pattern may be written
+    in checkpoint or runtime naming, and each must match at least one of the model's tensors;
+    without, each must match one of `keys`. An unmatched pattern raises `ConfigError` naming it
+    and showing real names: a typo must not silently merge a different set of tensors.
+    """
+    keys = list(keys)
+    names = names or KeyNames.identity(keys, "the given tensors")
+    names.check_patterns(include, exclude)
+    return names.select(keys, include, exclude)
 
 
 def check_finite(tensor: torch.Tensor, key: str, source: object) -> None:
@@ -69,6 +73,10 @@ class TaskVector:
     Arithmetic (`+`, `-`, scalar `*`, unary `-`) works key by key; `apply_to` adds
     `scale · τ` to a model or state dict. NegMerge's unlearning step is
     `merged.apply_to(model, scale=-λ)`.
+
+    Keys are always checkpoint names, whatever the vector was built from: models are
+    translated, and state dicts in runtime names are translated through a reference model
+    (see `from_state_dicts`), so every vector merges with every other of the same model.
     """
 
     def __init__(
@@ -86,17 +94,56 @@ class TaskVector:
     @classmethod
     def from_state_dicts(
         cls,
-        base: Mapping[str, torch.Tensor],
-        finetuned: Mapping[str, torch.Tensor],
+        base: Mapping[str, torch.Tensor] | nn.Module,
+        finetuned: Mapping[str, torch.Tensor] | nn.Module,
         include: Iterable[str] | None = None,
         exclude: Iterable[str] | None = None,
         dtype: torch.dtype = torch.float32,
         base_name: object = "base state dict",
         finetuned_name: object = "fine-tuned state dict",
+        model: nn.Module | None = None,
     ) -> TaskVector:
-        """τ for every float tensor selected by the patterns; both dicts must share keys and shapes."""
+        """τ for every float tensor selected by the patterns, keyed by checkpoint names.
+
+        `base` and `finetuned` are each a state dict or a live model (read under its checkpoint
+        names). The reference model is `model`, or else whichever of the two is a model. With
+        a reference, each state dict's naming is detected from its keys: all checkpoint names
+        (what `save_pretrained` writes) or all runtime names (what `model.state_dict()` and
+        `named_parameters()` show; translated), partial dicts included; patterns then match
+        either naming. Without one, keys are taken as checkpoint names as they are.
+        """
+        reference = model
+        if reference is None:
+            reference = next((side for side in (base, finetuned) if isinstance(side, nn.Module)), None)
+        names = KeyNames.of(reference) if reference is not None else None
+        base_dict = _checkpoint_dict(base, names, base_name)
+        tuned_dict = _checkpoint_dict(finetuned, names, finetuned_name)
+        return cls._difference(
+            base_dict,
+            tuned_dict,
+            names or KeyNames.identity(base_dict.keys(), str(base_name)),
+            include,
+            exclude,
+            dtype,
+            base_name,
+            finetuned_name,
+        )
+
+    @classmethod
+    def _difference(
+        cls,
+        base: Mapping[str, torch.Tensor],
+        finetuned: Mapping[str, torch.Tensor],
+        names: KeyNames,
+        include: Iterable[str] | None,
+        exclude: Iterable[str] | None,
+        dtype: torch.dtype,
+        base_name: object,
+        finetuned_name: object,
+    ) -> TaskVector:
+        """τ of two checkpoint-named mappings; `names` resolves the patterns."""
         tensors = {}
-        for key in select_keys(base.keys(), include, exclude):
+        for key in select_keys(base.keys(), include, exclude, names):
             base_tensor = base[key]
             if not base_tensor.is_floating_point():
                 continue
@@ -109,7 +156,7 @@ class TaskVector:
             check_finite(base_tensor, key, base_name)
             check_finite(tuned, key, finetuned_name)
             tensors[key] = difference(base_tensor, tuned, dtype)
-        extra = sorted(set(select_keys(finetuned.keys(), include, exclude)) - set(base.keys()))
+        extra = sorted(set(names.select(finetuned.keys(), include, exclude)) - set(base.keys()))
         if extra:
             raise CheckpointError(
                 f"{finetuned_name} has tensor(s) the base {base_name} lacks: {', '.join(extra[:5])}"
@@ -130,10 +177,10 @@ class TaskVector:
         exclude: Iterable[str] | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> TaskVector:
-        """τ between two live models, keyed by checkpoint names (see `key_space`)."""
+        """τ between two live models (or `ImageClassifier`s), keyed by checkpoint names."""
         return cls.from_state_dicts(
-            checkpoint_state_dict(base),
-            checkpoint_state_dict(finetuned),
+            base,
+            finetuned,
             include,
             exclude,
             dtype,
@@ -150,11 +197,16 @@ class TaskVector:
         exclude: Iterable[str] | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> TaskVector:
-        """τ between two checkpoint folders (single or sharded safetensors, any float dtype)."""
+        """τ between two checkpoint folders (single or sharded safetensors, any float dtype).
+
+        Patterns may use runtime names when the base folder's `config.json` names a
+        transformers architecture (built on the meta device to learn them).
+        """
         base_reader, tuned_reader = CheckpointReader(base), CheckpointReader(finetuned)
-        return cls.from_state_dicts(
+        return cls._difference(
             base_reader,
             tuned_reader,
+            KeyNames.of_folder(base, base_reader.keys()),
             include,
             exclude,
             dtype,
@@ -249,32 +301,56 @@ class TaskVector:
 
     # -- application ----------------------------------------------------------------------------------
     def apply_to(
-        self, target: nn.Module | Mapping[str, torch.Tensor], scale: float = 1.0
+        self,
+        target: nn.Module | Mapping[str, torch.Tensor],
+        scale: float = 1.0,
+        model: nn.Module | None = None,
     ) -> nn.Module | dict[str, torch.Tensor]:
         """θ + scale·τ. A model is updated in place and returned; a state dict is copied.
 
-        Each sum is computed in float32 (or wider) and cast back to the target's dtype.
+        A model (or `ImageClassifier`) is matched through its own names. A state dict is
+        returned in the naming it was given: checkpoint names are used as they are; runtime
+        names (a live model's `state_dict()`) need `model=`, the model they come from (or any
+        of its architecture), to be translated. Each sum is computed in float32 (or wider) and
+        cast back to the target's dtype.
         """
         if isinstance(target, nn.Module):
-            names = checkpoint_to_runtime_names(target)
-            runtime = target.state_dict()
+            module = unwrap_model(target)
+            names = KeyNames.of(module).runtime
+            runtime = module.state_dict()
             missing = [key for key in self.tensors if key not in names]
             if missing:
                 raise CheckpointError(
-                    f"{type(target).__name__} has no tensor(s) {', '.join(missing[:5])} for this task vector."
+                    f"{type(module).__name__} has no tensor(s) {', '.join(missing[:5])} for this task vector."
                 )
             with torch.no_grad():
                 for key, delta in self.tensors.items():
                     parameter = runtime[names[key]]
-                    check_compatible(parameter.shape, delta.shape, key, type(target).__name__, "task vector")
+                    check_compatible(parameter.shape, delta.shape, key, type(module).__name__, "task vector")
                     parameter.copy_(add_scaled(parameter, delta, scale))
             return target
         result = dict(target)
+        if model is None or all(key in result for key in self.tensors):
+            location = {key: key for key in self.tensors}
+        else:
+            key_names = KeyNames.of(model)
+            runtime_named = key_names.naming_of(result.keys(), "the state dict") == "runtime"
+            location = {
+                key: key_names.runtime.get(key, key) if runtime_named else key for key in self.tensors
+            }
         for key, delta in self.tensors.items():
-            if key not in result:
-                raise CheckpointError(f"State dict has no tensor '{key}' for this task vector.")
-            check_compatible(result[key].shape, delta.shape, key, "state dict", "task vector")
-            result[key] = add_scaled(result[key], delta, scale)
+            name = location[key]
+            if name not in result:
+                hint = (
+                    ""
+                    if model is not None
+                    else " Task vectors are keyed by checkpoint names (as save_pretrained writes them); "
+                    "for a live model's state_dict() in runtime names pass model= (the model it "
+                    "comes from) or apply the vector to the model itself."
+                )
+                raise CheckpointError(f"State dict has no tensor '{name}' for this task vector.{hint}")
+            check_compatible(result[name].shape, delta.shape, key, "state dict", "task vector")
+            result[name] = add_scaled(result[name], delta, scale)
         return result
 
     # -- persistence ----------------------------------------------------------------------------------
@@ -302,3 +378,12 @@ def add_scaled(base: torch.Tensor, delta: torch.Tensor, scale: float) -> torch.T
     """base + scale·delta computed in at least float32, returned in base's dtype."""
     wide = torch.promote_types(base.dtype, torch.float32)
     return (base.to(wide) + scale * delta.to(wide)).to(base.dtype)
+
+
+def _checkpoint_dict(
+    source: Mapping[str, torch.Tensor] | nn.Module, names: KeyNames | None, what: object
+) -> Mapping[str, torch.Tensor]:
+    """A model's or state dict's tensors under checkpoint names (see `from_state_dicts`)."""
+    if isinstance(source, nn.Module):
+        return checkpoint_state_dict(source)
+    return names.as_checkpoint(source, what) if names is not None else source

@@ -13,9 +13,17 @@ from .errors import CheckpointError
 from .task_vector import TaskVector, add_scaled, check_compatible
 
 
-def unlearn(base: nn.Module | dict[str, torch.Tensor], merged: TaskVector, scale: float) -> nn.Module | dict:
-    """Subtract `scale` times the merged task vector (a model is changed in place)."""
-    return merged.apply_to(base, scale=-scale)
+def unlearn(
+    base: nn.Module | dict[str, torch.Tensor],
+    merged: TaskVector,
+    scale: float,
+    model: nn.Module | None = None,
+) -> nn.Module | dict:
+    """Subtract `scale` times the merged task vector (a model is changed in place).
+
+    A state dict in runtime names needs `model=` (see `TaskVector.apply_to`).
+    """
+    return merged.apply_to(base, scale=-scale, model=model)
 
 
 def write_unlearned_checkpoint(

@@ -205,14 +205,18 @@ class NegationVector:
         return TaskVector(self.tensors, self.metadata)
 
     def apply_to(
-        self, target: nn.Module | Mapping[str, torch.Tensor], scale: float | None = None
+        self,
+        target: nn.Module | Mapping[str, torch.Tensor],
+        scale: float | None = None,
+        model: nn.Module | None = None,
     ) -> nn.Module | dict[str, torch.Tensor]:
         """θ₀ − λ·τ with λ = `scale` or the stored one: exactly `TaskVector.apply_to(target, -λ)`.
 
-        A model is changed in place and returned; a state dict is copied.
+        A model is changed in place and returned; a state dict is copied (runtime-named ones
+        need `model=`, see `TaskVector.apply_to`).
         """
         chosen = self.scale if scale is None else scale
-        return self.to_task_vector().apply_to(target, scale=-chosen)
+        return self.to_task_vector().apply_to(target, scale=-chosen, model=model)
 
     # -- sizes -------------------------------------------------------------------------------------------
     def encoding_plan(self) -> dict[str, tuple[str, int]]:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import CheckpointReader, save_safetensors
 from ..config import NegMergeConfig
 from ..errors import CheckpointError, MergeError
+from ..key_space import KeyNames
 from ..task_vector import TaskVector, check_compatible, check_finite, select_keys
 from .base import TensorMerger, get_merge_method
 from .stats import MergeStats, TensorStats
@@ -54,10 +55,15 @@ class MergeAccumulator:
 
     With `run_id`s the accumulator remembers what it has folded, and `save`/`load` persist its
     running state, so a grid that is killed resumes without folding any run twice.
+
+    `key_names` (`KeyNames.of(base_model)`) lets include/exclude patterns use runtime names
+    and checks each against all of the model's tensors; without it each pattern must match a
+    tensor of the task vector itself.
     """
 
-    def __init__(self, config: NegMergeConfig | None = None) -> None:
+    def __init__(self, config: NegMergeConfig | None = None, key_names: KeyNames | None = None) -> None:
         self.config = config or NegMergeConfig()
+        self.key_names = key_names
         self.method = get_merge_method(self.config.method)
         self.mergers: dict[str, TensorMerger] = {}
         self.squared_norms: list[float] = []
@@ -70,7 +76,8 @@ class MergeAccumulator:
     def add(self, task_vector: TaskVector, run_id: str | None = None) -> None:
         if run_id is not None and run_id in self.run_ids:
             raise MergeError(f"Run '{run_id}' was already folded into this accumulator.")
-        keys = select_keys(task_vector.keys(), self.config.include, self.config.exclude)
+        names = self.key_names or KeyNames.identity(task_vector.keys(), f"task vector #{self.count + 1}")
+        keys = select_keys(task_vector.keys(), self.config.include, self.config.exclude, names)
         if not keys:
             raise MergeError(
                 f"No tensor of the task vector matches include={self.config.include} exclude={self.config.exclude}."
@@ -78,7 +85,9 @@ class MergeAccumulator:
         if self.mergers and set(keys) != set(self.mergers):
             difference_keys = sorted(set(keys) ^ set(self.mergers))
             raise CheckpointError(
-                f"Task vector #{self.count + 1} covers different tensors than the first, e.g. {', '.join(difference_keys[:5])}."
+                f"Task vector #{self.count + 1} covers different tensors than the first, e.g. "
+                f"{', '.join(difference_keys[:5])}. Task vectors are keyed by checkpoint names: build those "
+                "from live state dicts in runtime names with model= so they are translated."
             )
         if self.method.max_models is not None and self.count >= self.method.max_models:
             self.method.check_count(self.count + 1)
@@ -124,13 +133,13 @@ class MergeAccumulator:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> MergeAccumulator:
+    def load(cls, path: str | Path, key_names: KeyNames | None = None) -> MergeAccumulator:
         reader = CheckpointReader(path)
         raw = reader.metadata.get(_STATE_METADATA_KEY)
         if raw is None:
             raise CheckpointError(f"{path} is not a saved MergeAccumulator state.")
         header = json.loads(raw)
-        accumulator = cls(NegMergeConfig.from_dict(header["config"]))
+        accumulator = cls(NegMergeConfig.from_dict(header["config"]), key_names)
         accumulator.squared_norms = list(header["squared_norms"])
         accumulator.run_ids = list(header["run_ids"])
         for key in header["keys"]:
@@ -143,10 +152,15 @@ class MergeAccumulator:
 
 
 def merge_task_vectors(
-    task_vectors: Iterable[TaskVector], config: NegMergeConfig | None = None
+    task_vectors: Iterable[TaskVector],
+    config: NegMergeConfig | None = None,
+    key_names: KeyNames | None = None,
 ) -> MergeResult:
-    """Merge task vectors held in memory (any iterable: a generator keeps only one alive)."""
-    accumulator = MergeAccumulator(config)
+    """Merge task vectors held in memory (any iterable: a generator keeps only one alive).
+
+    `key_names`: see `MergeAccumulator` (patterns in runtime names, checked against the model).
+    """
+    accumulator = MergeAccumulator(config, key_names)
     for task_vector in task_vectors:
         accumulator.add(task_vector)
     return accumulator.result()
@@ -171,7 +185,9 @@ def merge_checkpoints(
     readers = [CheckpointReader(path) for path in finetuned]
     keys = [
         key
-        for key in select_keys(base_reader.keys(), config.include, config.exclude)
+        for key in select_keys(
+            base_reader.keys(), config.include, config.exclude, KeyNames.of_folder(base, base_reader.keys())
+        )
         if base_reader.dtype(key).is_floating_point
     ]
     if not keys:

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import atomic_output_dir, atomic_write_text
 from ..config import NegMergeConfig
 from ..errors import CheckpointError, ConfigError, NegMergeError
+from ..key_space import KeyNames
 from ..merging.accumulate import MergeAccumulator, MergeResult
 from ..task_vector import MERGED_VECTOR_NAME, TaskVector
 from .grid import GridPoint, GridSpec, as_grid_points
@@ -130,6 +131,7 @@ class GridRunner:
         self.accelerator = accelerator
         self.teardown = self._owns_accelerator if teardown is None else teardown
         self.by_id = {point.id: point for point in self.points}
+        self.key_names: KeyNames | None = None  # the base model's names, known once run() loads it
 
     # -- public ----------------------------------------------------------------------------
 
@@ -138,6 +140,9 @@ class GridRunner:
 
         base = ImageClassifier.from_pretrained(self.base_classifier_dir)
         self._check_labels(base)
+        # merge.include/exclude may use runtime names; a pattern matching nothing fails before training
+        self.key_names = KeyNames.of(base.model)
+        self.key_names.check_patterns(self.merge_config.include, self.merge_config.exclude)
         for point in self.points:  # a bad LoRA target fails now, not after hours of other runs
             if point.hyperparameters.uses_lora:
                 base.lora_target_modules(point.hyperparameters.lora_target_modules)
@@ -239,8 +244,8 @@ class GridRunner:
     def _load_accumulator(self) -> MergeAccumulator:
         path = self.output_dir / ACCUMULATOR_FILE
         if not path.is_file():
-            return MergeAccumulator(self.merge_config)
-        accumulator = MergeAccumulator.load(path)
+            return MergeAccumulator(self.merge_config, self.key_names)
+        accumulator = MergeAccumulator.load(path, self.key_names)
         if accumulator.config.to_dict() != self.merge_config.to_dict():
             raise ConfigError(
                 f"{path} was written with a different merge config ({accumulator.config.to_dict()}); "
