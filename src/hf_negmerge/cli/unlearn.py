@@ -23,12 +23,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="Validate the recipe and print the plan; run nothing."
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Also write into a non-empty folder not written by hf-negmerge (its files are never replaced).",
+    )
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
-    if args.output_dir:
+    if args.output_dir is not None:  # '' too, so that it is refused rather than ignored
         overrides.append(f"output_dir={args.output_dir}")
     recipe = load_recipe(args.config, overrides)
     from ..pipeline import describe_plan
@@ -39,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import markdown_table
     from ..pipeline import run_unlearning
 
-    outcome = run_unlearning(recipe, progress=not args.no_progress)
+    outcome = run_unlearning(recipe, progress=not args.no_progress, overwrite=args.overwrite)
     if outcome is None:  # a non-main process under accelerate launch
         return 0
     print()
