@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -304,17 +304,41 @@ def _is_tool_folder(folder: Path) -> bool:
     return (folder / MANIFEST_FILE).is_file() or (folder / WORK_DIR / LOCK_FILE).is_file()
 
 
+def _clashes(output_dir: Path, names: Iterable[str], manifest: Manifest | None) -> list[str]:
+    """The `names` present in `output_dir` that a run may not replace (not written by the tool)."""
+    return [
+        name
+        for name in names
+        if ((output_dir / name).exists() or (output_dir / name).is_symlink())
+        and (manifest is None or not manifest.owns(output_dir / name))
+    ]
+
+
+def _clash_error(output_dir: Path, clashes: list[str], note: str) -> OutputFolderError:
+    one = len(clashes) == 1
+    return OutputFolderError(
+        f"Output folder {output_dir} holds {', '.join(clashes)}, which hf-negmerge did not write there (or "
+        f"which changed since) and a run would replace; {'it is' if one else 'they are'} never replaced{note}. "
+        f"Move {'it' if one else 'them'} away and run again (finished grid runs are reused), or {_HOW_TO_CHOOSE}."
+    )
+
+
 def inspect_output_folder(output_dir: Path, overwrite: bool) -> Manifest | None:
     """Read-only: may a run write into `output_dir`? Raises naming the clashing paths.
 
-    A folder the tool wrote is reused. A non-empty folder it did not write is refused unless
-    `overwrite`; even then the names a run writes must be free there.
+    A folder the tool wrote is reused (its own files are replaced, no other). A non-empty folder
+    it did not write is refused unless `overwrite`; even then the names a run writes must be free.
     """
     check_output_dir(output_dir)
     manifest = Manifest.load(output_dir) if output_dir.is_dir() else None
-    entries = _entries(output_dir)
-    if manifest is not None or not entries or _is_tool_folder(output_dir):
+    if manifest is not None:
+        names = sorted(set(KNOWN_OUTPUTS[2:]) | set(manifest.written))  # work/ and the manifest are its own
+        clashes = _clashes(output_dir, names, manifest)
+        if clashes:
+            raise _clash_error(output_dir, clashes, "")
         return manifest
+    if not _entries(output_dir) or _is_tool_folder(output_dir):
+        return None
     if not overwrite:
         raise OutputFolderError(
             f"Output folder {output_dir} is not empty and was not written by `hf-negmerge unlearn` (it has no "
@@ -322,14 +346,9 @@ def inspect_output_folder(output_dir: Path, overwrite: bool) -> Manifest | None:
             "(run_unlearning(..., overwrite=True)) to write next to its files; files hf-negmerge did not "
             "write are never replaced."
         )
-    clashes = [
-        name for name in KNOWN_OUTPUTS if (output_dir / name).exists() or (output_dir / name).is_symlink()
-    ]
+    clashes = _clashes(output_dir, KNOWN_OUTPUTS, None)
     if clashes:
-        raise OutputFolderError(
-            f"Output folder {output_dir} holds {', '.join(clashes)}, which hf-negmerge did not write but a run "
-            f"writes; they are never replaced, even with --overwrite. Move them away or {_HOW_TO_CHOOSE}."
-        )
+        raise _clash_error(output_dir, clashes, ", even with --overwrite")
     return None
 
 
@@ -429,19 +448,9 @@ def publish_outputs(output_dir: Path, build: Callable[[Path], None]) -> Manifest
         nested = [name for name in names if (staging / name).is_dir()]
         if nested:
             raise OutputFolderError(f"Internal error: outputs must be files, got folder(s) {nested}.")
-        clashes = [
-            name
-            for name in names
-            if ((output_dir / name).exists() or (output_dir / name).is_symlink())
-            and not manifest.owns(output_dir / name)
-        ]
+        clashes = _clashes(output_dir, names, manifest)
         if clashes:
-            raise OutputFolderError(
-                f"Not writing the outputs into {output_dir}: {', '.join(clashes)} "
-                f"{'was' if len(clashes) == 1 else 'were'} not written by hf-negmerge (or changed since) and "
-                f"would be replaced. Move {'it' if len(clashes) == 1 else 'them'} away and run again "
-                f"(finished grid runs are reused), or {_HOW_TO_CHOOSE}."
-            )
+            raise _clash_error(output_dir, clashes, "")
         hashes = {name: sha256_of(staging / name) for name in names}
         written = {name: list(digests) for name, digests in manifest.written.items()}
         for name, digest in hashes.items():

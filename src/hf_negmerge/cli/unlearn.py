@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from ..recipe import available_recipes, load_recipe
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.output_dir is not None:  # '' too, so that it is refused rather than ignored
-        overrides.append(f"output_dir={args.output_dir}")
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")  # quoted: any name stays a string
     recipe = load_recipe(args.config, overrides)
     from ..pipeline import describe_plan
 
