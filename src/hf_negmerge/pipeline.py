@@ -14,7 +14,10 @@ Output folder (`recipe.output_dir`), pushable as is (`work/` is ignored by `hf-n
     lambda_curves.png, kept_fraction.png
     recipe.yaml                  the resolved recipe
     README.md                    model card
+    hf_negmerge_outputs.json     every file above with its sha256, written last: the completeness
+                                 marker `push` checks, and the record of what a rerun may replace
     work/grid/                   the fine-tuning runs (resumable), work/original/ when θ₀ was built here
+    work/unlearn.lock            held by the running `unlearn` (its pid inside)
 """
 
 from __future__ import annotations
