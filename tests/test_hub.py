@@ -43,6 +43,7 @@ from hf_negmerge.hub import (
 from hf_negmerge.hub.negation_vector import ENCODINGS, choose_encoding, pack_bits, unpack_bits
 from hf_negmerge.key_space import checkpoint_state_dict
 from hf_negmerge.merging import merge_task_vectors
+from hf_negmerge.outputs import seal_output_folder
 from hf_negmerge.task_vector import TaskVector
 from hub_stand_in import HubStandIn  # tests/ is on sys.path under pytest's default import mode
 
@@ -190,6 +191,7 @@ class Run:
         runs = self.out / "runs" / "run-lr1e-3-ep2"
         runs.mkdir(parents=True)
         (runs / "model.safetensors").write_bytes(b"not uploaded")
+        seal_output_folder(self.out)  # what `hf-negmerge unlearn` writes last; push requires it
         self.fingerprint = _folder_fingerprint(self.out)
 
 
@@ -320,6 +322,7 @@ def test_clip_output_gets_a_zero_shot_card(run: Run, tmp_path: Path) -> None:
     shutil.copytree(run.out, folder)
     model_config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**model_config, "architectures": ["CLIPModel"]}))
+    seal_output_folder(folder)
     staging = tmp_path / "staging"
     staging.mkdir()
     prepare_upload_folder(folder, staging, repo_id=REPO)

@@ -14,7 +14,10 @@ Output folder (`recipe.output_dir`), pushable as is (`work/` is ignored by `hf-n
     lambda_curves.png, kept_fraction.png
     recipe.yaml                  the resolved recipe
     README.md                    model card
+    hf_negmerge_outputs.json     every file above with its sha256, written last: the completeness
+                                 marker `push` checks, and the record of what a rerun may replace
     work/grid/                   the fine-tuning runs (resumable), work/original/ when θ₀ was built here
+    work/unlearn.lock            held by the running `unlearn` (its pid inside)
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +34,6 @@ from typing import Any
 
 import torch
 
-from .checkpoints import atomic_output_dir
 from .config import NegMergeConfig
 from .data import UnlearningData, build_unlearning_data, load_image_dataset
 from .errors import ConfigError
@@ -397,32 +398,50 @@ def describe_plan(recipe: UnlearnRecipe) -> str:
     return "\n".join(lines)
 
 
-def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOutcome | None:
+def run_unlearning(
+    recipe: UnlearnRecipe, progress: bool = True, overwrite: bool = False
+) -> UnlearningOutcome | None:
     """Run (or resume) the whole recipe and write its output folder.
 
+    The folder is checked and locked before any work: a folder the tool did not write is used
+    only with `overwrite=True` (`--overwrite`), and even then none of its files is replaced.
     Under `accelerate launch` the grid points are shared among the processes; the main process
     then evaluates and writes the outputs, and the others return None.
     """
-    from .models import ImageClassifier
-    from .training.runner import run_grid
+    from accelerate import PartialState
 
+    from .outputs import check_output_dir, claim_output_folder
+
+    output_dir = check_output_dir(recipe.output_dir)
     if not progress:
         import datasets
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
-    seconds: dict[str, float] = {}
     started = time.perf_counter()
-    output_dir = Path(recipe.output_dir)
-    work = output_dir / WORK_DIR
-    work.mkdir(parents=True, exist_ok=True)
-
-    from accelerate import PartialState
-
     # cpu=True when there is no GPU: otherwise torchrun / accelerate launch CPU processes each
     # see a single-process world and all of them would run the whole grid.
     state = PartialState(cpu=not torch.cuda.is_available())
+    with state.main_process_first():  # the main process claims (checks, locks) the folder first
+        claim = claim_output_folder(output_dir, overwrite) if state.is_main_process else None
+    try:
+        return _run_claimed(recipe, progress, state, output_dir, started)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _run_claimed(
+    recipe: UnlearnRecipe, progress: bool, state: Any, output_dir: Path, started: float
+) -> UnlearningOutcome | None:
+    """The run itself, once the main process holds the output folder's lock."""
+    from .models import ImageClassifier
+    from .training.runner import run_grid
+
+    seconds: dict[str, float] = {}
+    work = output_dir / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
     data = build_unlearning_data(recipe.data)
     with state.main_process_first():  # θ₀ is trained once; the other processes then load it
         base_dir = prepare_original(recipe, data, work, progress and state.is_main_process)
@@ -546,19 +565,13 @@ def run_unlearning(recipe: UnlearnRecipe, progress: bool = True) -> UnlearningOu
 
 
 def write_outputs(recipe: UnlearnRecipe, outcome: UnlearningOutcome, unlearned: Any, base_dir: Path) -> None:
-    """Write every artifact into a staging folder, then move the files into the output folder."""
-    from .outputs import build_output_files
+    """Build every artifact in a staging folder, then publish them in one step (outputs.py)."""
+    from .outputs import build_output_files, publish_outputs
 
-    output_dir = outcome.output_dir
-    with atomic_output_dir(output_dir / WORK_DIR / "final", overwrite=True) as staging:
-        build_output_files(recipe, outcome, unlearned, base_dir, staging)
-    final = output_dir / WORK_DIR / "final"
-    for item in sorted(final.iterdir()):
-        target = output_dir / item.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    final.rmdir()
+    publish_outputs(
+        outcome.output_dir,
+        lambda staging: build_output_files(recipe, outcome, unlearned, base_dir, staging),
+    )
 
 
 __all__ = [

@@ -8,6 +8,7 @@ nothing heavy at module level: torch, transformers and datasets load inside ``ru
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "push": ("hf_negmerge.cli.push", "Upload an unlearned model folder (with card and vector) to the Hub."),
 }
+
+
+# What an interrupted command leaves behind, said after Ctrl-C (each command keeps different things).
+INTERRUPTED: dict[str, str] = {
+    "unlearn": "finished work is kept and reused on rerun.",
+    "merge": "nothing was written (the output folder appears only when complete).",
+    "push": "the local folder is unchanged and a Hub commit is all or nothing; run the same command "
+    "again to push.",
+}
+# OS errors caused by the user's environment (full disk, read-only or forbidden folders), shown
+# as messages even when they carry no path.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def describe_os_error(error: OSError) -> str:
+    """`[Errno 2] No such file or directory: 'x'` without the errno number, paths named."""
+    if error.strerror is None:
+        return str(error)
+    paths = [str(path) for path in (error.filename, error.filename2) if path is not None]
+    return f"{error.strerror}: {' -> '.join(repr(path) for path in paths)}" if paths else error.strerror
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,14 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args._module.run(args) or 0)
-    except (NegMergeError, FileExistsError, FileNotFoundError) as error:
+    except NegMergeError as error:
         print(f"hf-negmerge {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        about_a_path = isinstance(error, FileExistsError | FileNotFoundError) or error.filename is not None
+        if not about_a_path and error.errno not in _ENVIRONMENT_ERRNOS:
+            raise  # not about a file or the machine: a bug, shown with its traceback
+        print(f"hf-negmerge {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(
-            f"hf-negmerge {args.command}: interrupted; finished work is kept and reused on rerun.",
-            file=sys.stderr,
-        )
+        note = INTERRUPTED.get(args.command, "")
+        print(f"hf-negmerge {args.command}: interrupted{'; ' + note if note else '.'}", file=sys.stderr)
         return 130
 
 

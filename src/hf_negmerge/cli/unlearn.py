@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from ..recipe_files import available_recipes
 
@@ -23,13 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="Validate the recipe and print the plan; run nothing."
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Also write into a non-empty folder not written by hf-negmerge (its files are never replaced).",
+    )
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
+    if args.output_dir is not None:  # '' too, so that it is refused rather than ignored
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")  # quoted: any name stays a string
     from ..recipe import load_recipe
 
     recipe = load_recipe(args.config, overrides)
@@ -41,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import markdown_table
     from ..pipeline import run_unlearning
 
-    outcome = run_unlearning(recipe, progress=not args.no_progress)
+    outcome = run_unlearning(recipe, progress=not args.no_progress, overwrite=args.overwrite)
     if outcome is None:  # a non-main process under accelerate launch
         return 0
     print()

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import CheckpointError
-from ._connection import hub_client, hub_errors, looks_like_repo_id
+from ..errors import CheckpointError, ConfigError
+from ._connection import hub_attempts, hub_client, hub_errors, with_retries
 
 DEFAULT_BRANCH = "main"
+MAX_REPO_ID_LENGTH = 96  # the Hub's limit (huggingface_hub.utils.validate_repo_id)
+_NAME_PART = re.compile(r"^\w(?:[\w.-]*\w)?$")
 
 
 def check_repo_id(repo_id: str) -> None:
-    if not isinstance(repo_id, str) or not looks_like_repo_id(repo_id):
-        raise CheckpointError(f"repo_id={repo_id!r} is not a Hub repo id of the form 'user/name'.")
+    """Refuse, before any upload, a repo id the Hub would reject, naming it and the rule broken."""
+    if not isinstance(repo_id, str):
+        raise ConfigError(f"repo_id={repo_id!r} must be a string of the form 'user/name'.")
+    problem = None
+    if repo_id.count("/") != 1:
+        problem = "it needs exactly one namespace, 'user/name' or 'org/name'"
+    elif len(repo_id) > MAX_REPO_ID_LENGTH:
+        problem = f"it is {len(repo_id)} characters long; the Hub allows at most {MAX_REPO_ID_LENGTH}"
+    elif repo_id.endswith(".git"):
+        problem = "it must not end in '.git'"
+    elif "--" in repo_id or ".." in repo_id:
+        problem = "it must not contain '--' or '..'"
+    elif not all(_NAME_PART.match(part) for part in repo_id.split("/")):
+        problem = "each part may hold only letters, digits, '-', '_' and '.', and must not start or end with '-' or '.'"
+    if problem is not None:
+        raise ConfigError(f"repo_id {repo_id!r} is not a valid Hub repo id: {problem}.")
 
 
 def upload_folder_to_repo(
@@ -32,12 +49,17 @@ def upload_folder_to_repo(
 
     Returns the commit URL. The local folder is only read: a failed push leaves it untouched
     and raises `HubUnavailableError` naming the repo and the endpoint (plus `local_note`).
+    Each call waits at most `HF_NEGMERGE_HUB_TIMEOUT` seconds for the server, and the whole
+    push is tried `HF_NEGMERGE_HUB_ATTEMPTS` times on timeouts and lost connections (every
+    step is idempotent: the repo and branch are created only when missing).
     """
     check_repo_id(repo_id)
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"Cannot push {folder}: it is not a folder.")
-    with hub_errors("push to", repo_id, token, local_note=local_note):
+    attempts = hub_attempts()
+
+    def push_once() -> str:
         api = hub_client(token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None and revision != DEFAULT_BRANCH:
@@ -50,4 +72,7 @@ def upload_folder_to_repo(
             allow_patterns=list(allow_patterns) if allow_patterns is not None else None,
             ignore_patterns=list(ignore_patterns) if ignore_patterns is not None else None,
         )
-    return str(commit.commit_url)
+        return str(commit.commit_url)
+
+    with hub_errors("push to", repo_id, token, local_note=local_note, attempts=attempts):
+        return with_retries(push_once, attempts, f"Pushing to '{repo_id}'")

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..checkpoints import atomic_write_text, save_safetensors
 from ..config import NegMergeConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NegMergeError
 from ..task_vector import TaskVector
 from ._upload import upload_folder_to_repo
 from .download import resolve_folder
@@ -302,19 +302,25 @@ class NegationVector:
                 )
         try:
             values = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CheckpointError(f"{config_path} is not valid JSON: {error}") from error
         _check_format(values, config_path)
         tensors = _read_tensors(weights_path)
-        config = values.get("negmerge_config")
-        return cls(
-            tensors,
-            scale=values.get("scale"),
-            base_model=values.get("base_model"),
-            method=values.get("method", "negmerge"),
-            config=NegMergeConfig.from_dict(config) if config is not None else None,
-            metadata=values.get("metadata") or {},
-        )
+        try:
+            config = values.get("negmerge_config")
+            metadata = values.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise CheckpointError(f"'metadata' must be a JSON object, got {type(metadata).__name__}")
+            return cls(
+                tensors,
+                scale=values.get("scale"),
+                base_model=values.get("base_model"),
+                method=values.get("method", "negmerge"),
+                config=NegMergeConfig.from_dict(config) if config is not None else None,
+                metadata=metadata,
+            )
+        except (NegMergeError, TypeError, ValueError, AttributeError) as error:
+            raise CheckpointError(f"{config_path}: {error}") from error
 
     def push_to_hub(
         self,
@@ -338,7 +344,9 @@ class NegationVector:
 
 
 def _check_format(values: Any, source: Path) -> None:
-    if not isinstance(values, dict) or values.get("format") != FORMAT_NAME:
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{source} is not a {FORMAT_NAME} file (it holds a {type(values).__name__}).")
+    if values.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{source} is not a {FORMAT_NAME} file (format={values.get('format')!r}).")
     version = values.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -349,41 +357,51 @@ def _check_format(values: Any, source: Path) -> None:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = json.loads((handle.metadata() or {}).get(_HEADER_KEY, "null"))
             _check_format(header, path)
             stored = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no iter)
-    except (OSError, ValueError, json.JSONDecodeError) as error:
-        if isinstance(error, CheckpointError):
-            raise
-        raise CheckpointError(f"{path} cannot be read as a negation vector: {error}") from error
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, SafetensorError) as error:
+        raise CheckpointError(
+            f"{path} cannot be read as a negation vector (truncated or corrupt?): {error}"
+        ) from error
+    layout = header.get("tensors")
+    if not isinstance(layout, dict) or not layout:
+        raise CheckpointError(f"{path}: the '{_HEADER_KEY}' header lists no tensors.")
     tensors: dict[str, torch.Tensor] = {}
-    for key, entry in header["tensors"].items():
-        encoding = ENCODINGS.get(entry.get("encoding"))
-        dtype = _DTYPES.get(entry.get("dtype"))
-        if encoding is None or dtype is None:
-            raise CheckpointError(
-                f"{path}: tensor '{key}' has unknown encoding {entry.get('encoding')!r} or dtype {entry.get('dtype')!r}."
-            )
-        shape = tuple(int(size) for size in entry["shape"])
-        numel = math.prod(shape)
-        parts = {
-            part: stored[f"{key}{_PART_SEPARATOR}{part}"]
-            for part in _PART_NAMES
-            if f"{key}{_PART_SEPARATOR}{part}" in stored
-        }
+    for key, entry in layout.items():
         try:
-            flat = encoding.decode(parts, numel, dtype)
-        except (KeyError, ValueError, RuntimeError) as error:
-            raise CheckpointError(
-                f"{path}: tensor '{key}' ({encoding.name} encoding) is corrupt: {error}"
-            ) from error
-        if flat.numel() != numel or flat.dtype != dtype:
-            raise CheckpointError(
-                f"{path}: tensor '{key}' decodes to {flat.numel()} {flat.dtype} values, expected {numel} {dtype}."
-            )
-        tensors[key] = flat.reshape(shape)
+            tensors[key] = _decode_tensor(key, entry, stored)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+            raise CheckpointError(f"{path}: tensor '{key}' is corrupt: {error}") from error
     return tensors
+
+
+def _decode_tensor(key: str, entry: Any, stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    encoding = ENCODINGS.get(entry.get("encoding"))
+    dtype = _DTYPES.get(entry.get("dtype"))
+    if encoding is None or dtype is None:
+        raise ValueError(f"unknown encoding {entry.get('encoding')!r} or dtype {entry.get('dtype')!r}")
+    shape = tuple(int(size) for size in entry["shape"])
+    if any(size < 0 for size in shape):
+        raise ValueError(f"negative size in shape {list(shape)}")
+    numel = math.prod(shape)
+    parts = {
+        part: stored[f"{key}{_PART_SEPARATOR}{part}"]
+        for part in _PART_NAMES
+        if f"{key}{_PART_SEPARATOR}{part}" in stored
+    }
+    try:
+        flat = encoding.decode(parts, numel, dtype)
+    except KeyError as error:
+        raise ValueError(f"({encoding.name} encoding) has no part {error}") from None
+    except (ValueError, RuntimeError) as error:
+        raise ValueError(f"({encoding.name} encoding) {error}") from None
+    if flat.numel() != numel or flat.dtype != dtype:
+        raise ValueError(f"decodes to {flat.numel()} {flat.dtype} values, expected {numel} {dtype}")
+    return flat.reshape(shape)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config import CONFIG_NAME, NegMergeConfig
 from ..errors import CheckpointError, ConfigError
+from ..outputs import MANIFEST_FILE, verify_output_folder
 from ..task_vector import MERGED_VECTOR_NAME, TaskVector
 from ._upload import check_repo_id, upload_folder_to_repo
 from .card import CARD_NAME, UnlearningCardData, task_for_architectures, write_model_card
@@ -26,15 +27,16 @@ from .negation_vector import NegationVector
 METRICS_NAME = "metrics.json"
 DENSE_VECTOR_NAME = MERGED_VECTOR_NAME
 MODEL_CONFIG_NAME = "config.json"
-_NOT_UPLOADED = {DENSE_VECTOR_NAME, CARD_NAME}
+_NOT_UPLOADED = {DENSE_VECTOR_NAME, CARD_NAME, MANIFEST_FILE}
 
 
-def _files_to_upload(output_dir: Path) -> list[Path]:
-    """Top-level, non-hidden regular files, minus the dense vector and any old card."""
+def _files_to_upload(output_dir: Path, published: list[str]) -> list[Path]:
+    """The run's published files (never a file someone else put in the folder), minus the dense
+    vector and the old card."""
     return sorted(
-        path
-        for path in output_dir.iterdir()
-        if path.is_file() and not path.name.startswith(".") and path.name not in _NOT_UPLOADED
+        output_dir / name
+        for name in published
+        if "/" not in name and not name.startswith(".") and name not in _NOT_UPLOADED
     )
 
 
@@ -100,6 +102,8 @@ def prepare_upload_folder(
 
     Useful on its own to inspect a push before making it (`hf-negmerge push --dry-run`).
     """
+    if repo_id is not None:
+        check_repo_id(repo_id)
     _assemble(Path(output_dir), Path(staging), repo_id, include_vector, card_data, base_model)
     return sorted(path.name for path in Path(staging).iterdir())
 
@@ -118,7 +122,8 @@ def _assemble(
         raise CheckpointError(
             f"{output_dir} has no {MODEL_CONFIG_NAME}: it does not hold a model saved with save_pretrained."
         )
-    files = _files_to_upload(output_dir)
+    # Only a complete publication is pushed: every file listed, unchanged, with weights.
+    files = _files_to_upload(output_dir, sorted(verify_output_folder(output_dir).files))
     config = NegMergeConfig.from_pretrained(output_dir) if (output_dir / CONFIG_NAME).is_file() else None
     if card_data is None:
         metrics = _read_metrics(output_dir)
@@ -165,6 +170,9 @@ def push_unlearned_model(
     base_model: str | None = None,
 ) -> str:
     """Upload an unlearning run's model folder with its card, config and sparse vector.
+
+    Only a complete output folder is pushed (its `hf_negmerge_outputs.json` marks every file and
+    its sha256; see `hf_negmerge.outputs.verify_output_folder`), and only the files listed there.
 
     `output_dir` holds the unlearned model (HF layout + processor/tokenizer), `negmerge_config.json`,
     `metrics.json`, plots and `merged_task_vector.safetensors`. The repo is created when missing
