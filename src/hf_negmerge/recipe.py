@@ -49,7 +49,7 @@ class _RecipeLoader(yaml.SafeLoader):
 
 
 def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_RecipeLoader)  # safe: _RecipeLoader is a SafeLoader
 
 
 @dataclass
@@ -555,7 +555,9 @@ def _local_splits(key: str, source: Any, path: Path) -> list[str]:
         try:
             return [str(split) for split in json.loads(listing.read_text(encoding="utf-8"))["splits"]]
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ConfigError(f"{key}={source!r}: cannot read the split list in {listing}: {error}") from error
+            raise ConfigError(
+                f"{key}={source!r}: cannot read the split list in {listing}: {error}"
+            ) from error
     if path.is_file():
         return ["train"]  # a single parquet file is one split, named "train" by datasets
     try:

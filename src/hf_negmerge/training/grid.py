@@ -38,6 +38,8 @@ class HyperparameterError(ConfigError):
 
 class WarmupWarning(UserWarning):
     """Warm-up at least as long as the run: the learning rate never reaches its peak."""
+
+
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
 
 # Epochs the authors used per forget set in the CLIP RandAugment pool (REFERENCE §2.1).
@@ -128,7 +130,7 @@ class TrainingHyperparameters:
             raise HyperparameterError(
                 "randaugment_magnitude" if magnitude is None else "randaugment_num_ops",
                 "TrainingHyperparameters.randaugment_magnitude and randaugment_num_ops go together: "
-                f"got magnitude={magnitude!r}, num_ops={num_ops!r}; set both or neither."
+                f"got magnitude={magnitude!r}, num_ops={num_ops!r}; set both or neither.",
             )
         if magnitude is not None:
             # kornia's RandAugment takes m strictly inside (0, 30) (torchvision's 31 magnitude bins).
@@ -145,7 +147,7 @@ class TrainingHyperparameters:
                 raise HyperparameterError(
                     stray[0],
                     f"TrainingHyperparameters.{stray[0]} is set but lora_rank is None (full fine-tuning); "
-                    "set lora_rank to use LoRA."
+                    "set lora_rank to use LoRA.",
                 )
             return
         self.lora_rank = _integer("lora_rank", self.lora_rank, minimum=1)
@@ -166,7 +168,7 @@ class TrainingHyperparameters:
                 raise HyperparameterError(
                     "lora_target_modules",
                     "TrainingHyperparameters.lora_target_modules must be a non-empty list of module names, "
-                    f"got {self.lora_target_modules!r}."
+                    f"got {self.lora_target_modules!r}.",
                 )
             self.lora_target_modules = list(targets)
 
@@ -548,10 +550,14 @@ def _reject_unknown_keys(owner: str, values: Mapping[str, Any]) -> None:
 
 def _number(name: str, value: Any, minimum: float, strict: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise HyperparameterError(name, f"TrainingHyperparameters.{name} must be a finite number, got {value!r}.")
+        raise HyperparameterError(
+            name, f"TrainingHyperparameters.{name} must be a finite number, got {value!r}."
+        )
     if value < minimum or (strict and value == minimum):
         bound = ">" if strict else "≥"
-        raise HyperparameterError(name, f"TrainingHyperparameters.{name}={value!r} must be {bound} {minimum}.")
+        raise HyperparameterError(
+            name, f"TrainingHyperparameters.{name}={value!r} must be {bound} {minimum}."
+        )
     return float(value)
 
 

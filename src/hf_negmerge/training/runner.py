@@ -155,7 +155,9 @@ class GridRunner:
 
         sharded = self.shard and accelerator.num_processes > 1
         training = [self.by_id[run_id] for run_id in plan.train]
-        warning = warmup_warning(training, len(self.forget_train), 1 if sharded else accelerator.num_processes)
+        warning = warmup_warning(
+            training, len(self.forget_train), 1 if sharded else accelerator.num_processes
+        )
         if warning and accelerator.is_main_process:  # once for the grid, not once per run
             warnings.warn(warning, WarmupWarning, stacklevel=2)
         if sharded:
