@@ -48,6 +48,13 @@ class _RecipeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: where, then what."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_RecipeLoader)  # safe: _RecipeLoader is a SafeLoader
 
@@ -323,7 +330,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except ConfigError as error:
         raise ConfigError(f"Override {text!r}: {error}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"Override {text!r}: the value is not valid YAML ({error}).") from error
+        raise ConfigError(f"Override {text!r}: the value is not valid YAML ({_yaml_problem(error)}).") from error
     return key.strip().split("."), value
 
 
@@ -385,7 +392,7 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(error)}") from error
     if values is None:
         raise ConfigError(
             f"{path} is empty: a recipe needs at least one section (data:, model:, grid:, ...). "
@@ -505,28 +512,25 @@ def _check_dataset(key: str, source: Any, splits: dict[str, str]) -> list[str]:
     """The named splits must be among those the source holds (found by listing, not loading)."""
     from .data.loading import BUILTIN_DATASETS, _parquet_file_list
 
-    try:
-        if isinstance(source, str) and source in BUILTIN_DATASETS:
-            available = list(BUILTIN_DATASETS[source]())
-        elif isinstance(source, dict):
-            available = [str(split) for split in source]
-            for files in source.values():
-                _parquet_file_list(files)
-        elif isinstance(source, list):
-            _parquet_file_list(source)
-            available = ["train"]
-        elif not isinstance(source, str):
-            raise ConfigError(
-                "expected a dataset name, a path, a list of parquet files or a {split: files} mapping, "
-                f"got {source!r}"
-            )
-        else:
-            path = _local_path(source)
-            if path is None:
-                return _not_checked(key, source)
-            available = _local_splits(key, source, _existing(key, source, path, "file or folder"))
-    except ConfigError as error:
-        raise ConfigError(f"{key}: {error}") from error
+    if isinstance(source, str) and source in BUILTIN_DATASETS:
+        available = list(BUILTIN_DATASETS[source]())
+    elif isinstance(source, dict):
+        for files in source.values():
+            _named(key, _parquet_file_list, files)
+        available = [str(split) for split in source]
+    elif isinstance(source, list):
+        _named(key, _parquet_file_list, source)
+        available = ["train"]
+    elif not isinstance(source, str):
+        raise ConfigError(
+            f"{key} must be a dataset name, a path, a list of parquet files or a {{split: files}} "
+            f"mapping, got {source!r}."
+        )
+    else:
+        path = _local_path(source)
+        if path is None:
+            return _not_checked(key, source)
+        available = _local_splits(key, source, _existing(key, source, path, "file or folder"))
     for split_key, split in splits.items():
         if split not in available:
             raise ConfigError(
@@ -534,6 +538,14 @@ def _check_dataset(key: str, source: Any, splits: dict[str, str]) -> list[str]:
                 f"Set {split_key} to one of them."
             )
     return []
+
+
+def _named(key: str, check: Any, *args: Any) -> Any:
+    """Run one of the data loader's checks, naming the recipe key in its error."""
+    try:
+        return check(*args)
+    except ConfigError as error:
+        raise ConfigError(f"{key}: {error}") from error
 
 
 def _local_splits(key: str, source: Any, path: Path) -> list[str]:
@@ -544,8 +556,7 @@ def _local_splits(key: str, source: Any, path: Path) -> list[str]:
 
     from .data.loading import detect_source_kind
 
-    kind = detect_source_kind(source)
-    if kind == "saved_to_disk":
+    if _named(key, detect_source_kind, source) == "saved_to_disk":
         listing = path / "dataset_dict.json"
         if not listing.is_file():
             raise ConfigError(
