@@ -74,7 +74,11 @@ CASES = [
     Case("yaml-non-string-key", text=BASE + "1: one\n", fragment="recipe keys must be strings"),
     Case("yaml-empty", text="", fragment="recipe.yaml is empty"),
     Case("yaml-only-comments", text="# nothing here\n", fragment="--config default"),
-    Case("yaml-syntax", text="data: [unclosed\n", fragment="is not valid YAML: line 2, column 1: expected ',' or ']'"),
+    Case(
+        "yaml-syntax",
+        text="data: [unclosed\n",
+        fragment="is not valid YAML: line 2, column 1: expected ',' or ']'",
+    ),
     # --- values that used to fail only after training ------------------------------------------
     Case("evaluation.batch_size=0", ["evaluation.batch_size=0"], fragment="evaluation.batch_size"),
     Case(
@@ -315,14 +319,19 @@ def no_data_stage(monkeypatch):
     monkeypatch.setattr(pipeline, "run_unlearning", reached)
 
 
+def _recipe_bytes(case: Case, tmp) -> bytes:
+    if isinstance(case.text, bytes):
+        return case.text
+    return case.text.replace("{tmp}", str(tmp)).encode("utf-8")
+
+
 def _invoke(case: Case, tmp, dry_run: bool, monkeypatch, capsys) -> tuple[int, str, bytes | None]:
     monkeypatch.chdir(tmp)
     args = ["unlearn", "--no-progress"] + (["--dry-run"] if dry_run else [])
     if case.text is None:
         args += ["--config", case.config, f"output_dir={tmp}/out"]
     else:
-        raw = case.text if isinstance(case.text, bytes) else case.text.replace("{tmp}", str(tmp)).encode("utf-8")
-        (tmp / "recipe.yaml").write_bytes(raw)
+        (tmp / "recipe.yaml").write_bytes(_recipe_bytes(case, tmp))
         args += ["--config", "recipe.yaml"]
     args += [override.replace("{tmp}", str(tmp)) for override in case.overrides]
     code = main(args)
@@ -343,8 +352,7 @@ def test_recipe_case(case, dry_run, sources, no_data_stage, monkeypatch, capsys)
         assert output.startswith("hf-negmerge unlearn: error: ") and "Traceback" not in output
         assert "\n" not in output.strip(), output  # one message line, no plan printed before it
     if case.text is not None:
-        expected = case.text if isinstance(case.text, bytes) else case.text.replace("{tmp}", str(sources)).encode()
-        assert recipe_after == expected  # the recipe file is never rewritten
+        assert recipe_after == _recipe_bytes(case, sources)  # the recipe file is never rewritten
     assert not (sources / "out").exists()  # nothing written, valid or not
 
 

@@ -330,7 +330,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except ConfigError as error:
         raise ConfigError(f"Override {text!r}: {error}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"Override {text!r}: the value is not valid YAML ({_yaml_problem(error)}).") from error
+        raise ConfigError(
+            f"Override {text!r}: the value is not valid YAML ({_yaml_problem(error)})."
+        ) from error
     return key.strip().split("."), value
 
 
