@@ -96,6 +96,7 @@ CASES = [
     Case("output_dir-empty", ["output_dir=''"], fragment="output_dir must name a folder"),
     Case("output_dir-blank", ["output_dir='  '"], fragment="output_dir must name a folder"),
     Case("output_dir-null", ["output_dir=null"], fragment="Recipe key 'output_dir'"),
+    Case("output_dir-file", ["output_dir={tmp}/rows.csv"], fragment="output_dir='{tmp}/rows.csv' is a file"),
     Case("seed-negative", ["seed=-1"], fragment="seed must be a non-negative integer"),
     Case("seed-float", ["seed=1.5"], fragment="Recipe key 'seed'"),
     Case("seed-bool", ["seed=true"], fragment="Recipe key 'seed'"),
@@ -428,6 +429,16 @@ def test_preset_axes_are_replaced_not_crossed():
     assert [p.id for p in points] == [p.id for p in by_hand.expand()]
     assert len(grid_preset("standard", learning_rate=3e-4)) == 27  # the preset itself is unchanged
     assert len(GridSpec.from_dict({"preset": None, "base": {"epochs": 2}})) == 1
+
+
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
+    # PyYAML alone reads `1e-4` as the string "1e-4", which then failed as "not a number".
+    path = tmp_path / "recipe.yaml"
+    path.write_text("grid:\n  base:\n    learning_rate: 1e-4\n    weight_decay: 5E-2\n")
+    recipe = load_recipe(path, ["merge.lambda_grid=[0, 1e-1, 2e0]"])
+    assert recipe.grid.base.learning_rate == 0.0001 and recipe.grid.base.weight_decay == 0.05
+    assert recipe.merge.lambda_grid == [0.0, 0.1, 2.0]
+    assert load_recipe(path, ["output_dir=run1e5"]).output_dir == "run1e5"
 
 
 def test_recipe_round_trips_after_shrinking_a_preset(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -46,6 +47,15 @@ class _RecipeLoader(yaml.SafeLoader):
                 )
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e-5` as a string; recipes are full of such learning rates, so read
+# exponent floats without a dot as numbers, as YAML 1.2 does.
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -433,6 +443,11 @@ def check_sources(recipe: UnlearnRecipe) -> list[str]:
     forget_splits = {"data.train_split": data.train_split, "data.test_split": data.test_split}
     if data.validation_split is not None:
         forget_splits["data.validation_split"] = data.validation_split
+    output = Path(recipe.output_dir).expanduser()
+    if output.exists() and not output.is_dir():
+        raise ConfigError(
+            f"output_dir={recipe.output_dir!r} is a file; name a folder (new or from an earlier run)."
+        )
     notes = _check_model_folder(recipe.model.name_or_path)
     notes += _check_original_folder(recipe.original.path)
     notes += _check_dataset("data.dataset", data.dataset, forget_splits)
