@@ -26,7 +26,7 @@ MIXED_PRECISION_MODES = ("no", "fp16", "bf16")
 class HyperparameterError(ConfigError):
     """An invalid hyperparameter value; says which field and where in a GridSpec it was set.
 
-    `where` is "base", "axes.<name>" or "points[<i>]", so a recipe can name the key to fix
+    `where` is "base", "axes" or "points[<i>]", so a recipe can name the key to fix
     (`grid.base.epochs`, `grid.axes.epochs`, `grid.points[2].epochs`).
     """
 
@@ -324,7 +324,7 @@ class GridSpec:
             except HyperparameterError as error:
                 source = "base"  # the offending value came from `base` unless this point sets it
                 if error.name in values:
-                    source = f"axes.{error.name}" if self.axes is not None else label
+                    source = "axes" if self.axes is not None else label
                 raise HyperparameterError(error.name, f"GridSpec point ({label}): {error}", source) from error
             except ConfigError as error:
                 raise ConfigError(f"GridSpec point ({label}): {error}") from error
@@ -348,7 +348,7 @@ class GridSpec:
     def from_dict(cls, values: Mapping[str, Any]) -> GridSpec:
         """Build from a recipe's `grid` section: `base` + `axes` or `points`, or a `preset`.
 
-        With a preset, `axes` entries replace the preset's axis of the same name (or add one),
+        With a preset, `axes` entries replace the values of the preset's axis of the same name,
         which is how a pool is shrunk (`axes: {randaugment_magnitude: [1, 5]}`); `preset: null`
         means no preset.
         """
@@ -370,7 +370,15 @@ class GridSpec:
         if axes is None:
             return spec
         _check_axes_type(axes)
-        return cls(base=spec.base, axes={**(spec.axes or {}), **axes})
+        preset_axes = dict(spec.axes or {})
+        foreign = sorted(str(name) for name in set(axes) - set(preset_axes))
+        if foreign:
+            raise ConfigError(
+                f"GridSpec: {foreign} are not axes of preset {preset!r} (its axes: {', '.join(preset_axes)}); "
+                "with a preset, `axes` only replaces the values of the preset's own axes. "
+                "For axes of your own, drop the preset (preset: null)."
+            )
+        return cls(base=spec.base, axes={**preset_axes, **axes})
 
 
 # ---------------------------------------------------------------------------------------------
