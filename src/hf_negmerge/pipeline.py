@@ -368,7 +368,15 @@ def _load_vectors(
 
 
 def describe_plan(recipe: UnlearnRecipe) -> str:
-    """What a run would do, from the recipe alone: nothing is loaded, downloaded or trained."""
+    """What a run would do, from the recipe alone: nothing is loaded, downloaded or trained.
+
+    Local paths and split names are checked first (ConfigError naming the recipe key), so a
+    typo fails here rather than after θ₀ or the grid has trained.
+    """
+    from .recipe import check_sources
+    from .training.grid import rows_for_warmup, warmup_key
+
+    notes = check_sources(recipe)
     points = recipe.grid.expand()
     model = recipe.model.name_or_path or f"tiny {recipe.model.architecture} built from config"
     lines = [
@@ -385,6 +393,14 @@ def describe_plan(recipe: UnlearnRecipe) -> str:
         f"grid: {len(points)} fine-tuning run(s) on the forget set",
     ]
     lines += [f"  - {point.id}: {json.dumps(point.overrides, sort_keys=True)}" for point in points]
+    warming = [point for point in points if point.hyperparameters.warmup_steps > 0]
+    if warming:
+        longest = max(warming, key=lambda point: rows_for_warmup(point.hyperparameters)).hyperparameters
+        lines.append(
+            f"  warm-up of {longest.warmup_steps} optimizer steps ends before a run does only with more than "
+            f"{rows_for_warmup(longest) - 1} forget-train rows (batch {longest.batch_size}, {longest.epochs} "
+            f"epochs); with fewer, lower {warmup_key(warming)} or raise the epochs (the run warns once)"
+        )
     lines += [
         f"merge: {recipe.merge.method} (consensus_fraction={recipe.merge.consensus_fraction}); "
         f"λ grid {recipe.merge.lambda_grid[0]:g}..{recipe.merge.lambda_grid[-1]:g} ({len(recipe.merge.lambda_grid)} points), "
@@ -395,6 +411,7 @@ def describe_plan(recipe: UnlearnRecipe) -> str:
         f"outputs: {recipe.output_dir} (model, metrics.json, report.md, plots, README.md); runs in "
         f"{Path(recipe.output_dir) / WORK_DIR / 'grid'}",
     ]
+    lines += [f"note: {note}" for note in notes]
     return "\n".join(lines)
 
 

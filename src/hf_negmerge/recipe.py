@@ -8,6 +8,8 @@ by their dotted path — before anything is downloaded or trained.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +24,47 @@ from .errors import ConfigError
 from .merging import available_methods
 from .models import ModelConfig
 from .recipe_files import BUILTIN_RECIPES_DIR, DEFAULT_RECIPE, available_recipes
-from .training.grid import GridSpec
+from .training.grid import GridSpec, HyperparameterError
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses repeated and non-string mapping keys (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # resolve `<<:` merge keys first, as SafeLoader does
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                raise ConfigError(f"line {line}: recipe keys must be strings, got {key!r}.")
+            if key in seen:
+                raise ConfigError(
+                    f"line {line}: duplicate key {key!r} (first given on line {seen[key]}); "
+                    "YAML would silently keep only the last value, so give each key once."
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e-5` as a string; recipes are full of such learning rates, so read
+# exponent floats without a dot as numbers, as YAML 1.2 does.
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: where, then what."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_RecipeLoader)  # safe: _RecipeLoader is a SafeLoader
 
 
 @dataclass
@@ -53,6 +95,21 @@ class OriginalModelConfig:
         metadata={"help": "Where trained θ₀ folders are cached (None: ~/.cache/hf_negmerge/originals)."},
     )
 
+    def __post_init__(self) -> None:
+        _optional_text("original.path", self.path)
+        _optional_text("original.cache_dir", self.cache_dir)
+        _flag("original.train", self.train)
+        if self.epochs is not None:
+            _positive_int("original.epochs", self.epochs)
+        if self.learning_rate is not None:
+            _positive_number("original.learning_rate", self.learning_rate)
+        _positive_int("original.batch_size", self.batch_size)
+        if self.path is not None and self.train:
+            raise ConfigError(
+                f"original.path={self.path!r} and original.train=true both say where θ₀ comes from; "
+                "keep one (the path is used as is, train builds θ₀ here)."
+            )
+
 
 @dataclass
 class EvaluationConfig:
@@ -71,6 +128,15 @@ class EvaluationConfig:
         default=True,
         metadata={"help": "Evaluate task arithmetic for every single run (and report the best)."},
     )
+
+    def __post_init__(self) -> None:
+        _positive_int("evaluation.batch_size", self.batch_size)
+        if self.retrain_epochs is not None:
+            _positive_int("evaluation.retrain_epochs", self.retrain_epochs)
+        if self.mia is not None:
+            _flag("evaluation.mia", self.mia)
+        _flag("evaluation.retrain", self.retrain)
+        _flag("evaluation.per_run_task_arithmetic", self.per_run_task_arithmetic)
 
 
 @dataclass
@@ -92,9 +158,36 @@ class UnlearnRecipe:
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep every fine-tuned run's weights."})
 
     def __post_init__(self) -> None:
+        if not isinstance(self.output_dir, str | Path) or not str(self.output_dir).strip():
+            raise ConfigError(
+                f"output_dir must name a folder, got {self.output_dir!r} (an empty name would write "
+                "into the current directory)."
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}.")
+        _flag("keep_checkpoints", self.keep_checkpoints)
+        if isinstance(self.comparison, str) or not isinstance(self.comparison, list | tuple):
+            raise ConfigError(f"comparison must be a list of method names, got {self.comparison!r}.")
+        self.comparison = list(self.comparison)
         unknown = [method for method in self.comparison if method not in available_methods()]
         if unknown:
             raise ConfigError(f"comparison: unknown method(s) {unknown}; choose from {available_methods()}.")
+        repeated = sorted({method for method in self.comparison if self.comparison.count(method) > 1})
+        if repeated:
+            raise ConfigError(f"comparison lists {repeated} more than once.")
+        sections = {
+            "data": DataConfig,
+            "model": ModelConfig,
+            "original": OriginalModelConfig,
+            "grid": GridSpec,
+            "merge": NegMergeConfig,
+            "evaluation": EvaluationConfig,
+        }
+        for name, cls in sections.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(
+                    f"UnlearnRecipe.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}."
+                )
 
     @property
     def mia_enabled(self) -> bool:
@@ -116,6 +209,31 @@ class UnlearnRecipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _positive_int(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}.")
+
+
+def _positive_number(key: str, value: Any) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(f"{key} must be a finite number > 0, got {value!r}.")
+
+
+def _flag(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}.")
+
+
+def _optional_text(key: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{key} must be a non-empty string or null, got {value!r}.")
 
 
 # section name -> how to build it from a dict
@@ -174,6 +292,16 @@ def _build_section(cls: type, values: Any, where: str) -> Any:
         raise ConfigError(f"Recipe section '{where}': {error}") from error
 
 
+def _build_grid(values: dict[str, Any]) -> GridSpec:
+    """GridSpec.from_dict with errors naming the recipe key (grid.base.epochs, grid.axes.…)."""
+    try:
+        return GridSpec.from_dict(values)
+    except HyperparameterError as error:
+        raise ConfigError(f"Recipe key 'grid.{error.where}.{error.name}': {error}") from error
+    except ConfigError as error:
+        raise ConfigError(f"Recipe section 'grid': {error}") from error
+
+
 def recipe_from_dict(values: dict[str, Any]) -> UnlearnRecipe:
     """Build and validate a recipe; every error names the dotted key it is about."""
     if not isinstance(values, dict):
@@ -189,10 +317,7 @@ def recipe_from_dict(values: dict[str, Any]) -> UnlearnRecipe:
         elif name == "grid":
             if not isinstance(value, dict):
                 raise ConfigError(f"Recipe section 'grid' must be a mapping, got {type(value).__name__}.")
-            try:
-                kwargs[name] = GridSpec.from_dict(value)
-            except ConfigError as error:
-                raise ConfigError(f"Recipe section 'grid': {error}") from error
+            kwargs[name] = _build_grid(value)
         else:
             hints = typing.get_type_hints(UnlearnRecipe)
             if not _matches(value, hints[name]):
@@ -209,18 +334,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not separator or not key.strip():
         raise ConfigError(f"Override {text!r} must look like key.subkey=value.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
+    except ConfigError as error:
+        raise ConfigError(f"Override {text!r}: {error}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"Override {text!r}: the value is not valid YAML ({error}).") from error
+        raise ConfigError(
+            f"Override {text!r}: the value is not valid YAML ({_yaml_problem(error)})."
+        ) from error
     return key.strip().split("."), value
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each `dotted.key=value` in `values` (in place), creating sections as needed."""
     for override in overrides:
         path, value = parse_override(override)
         node = values
         for part in path[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # an absent section, or one left empty in the YAML (`data:`)
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"Override {override!r}: '{part}' is not a section.")
             node = child
@@ -241,14 +373,211 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
     )
 
 
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """The recipe file's sections; ConfigError naming the file for anything but a YAML mapping.
+
+    An empty file is an error rather than a silent run of the dataclass defaults (a tiny
+    CLIP on random forgetting, which no packaged recipe describes).
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}); "
+            "save the recipe as UTF-8."
+        ) from error
+    except OSError as error:
+        raise ConfigError(f"Cannot read recipe {path}: {error.strerror or error}.") from error
+    try:
+        values = _load_yaml(text)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(error)}") from error
+    if values is None:
+        raise ConfigError(
+            f"{path} is empty: a recipe needs at least one section (data:, model:, grid:, ...). "
+            f"Start from a packaged recipe instead (e.g. `--config {DEFAULT_RECIPE}` plus key=value "
+            "overrides, or a copy of its YAML from src/hf_negmerge/recipes/)."
+        )
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{path}: a recipe must be a mapping of sections (data:, model:, grid:, ...), "
+            f"got a YAML {type(values).__name__}."
+        )
+    return values
+
+
 def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> UnlearnRecipe:
     """Read a recipe (default: the built-in digits run), apply overrides, validate."""
     path = resolve_recipe_path(name_or_path or DEFAULT_RECIPE)
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    values = read_recipe_file(path)
     try:
         return recipe_from_dict(apply_overrides(values, overrides or []))
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from error
+
+
+# ---------------------------------------------------------------------------------------------
+# Source checks: what `--dry-run` can see without loading data or weights.
+
+
+def check_sources(recipe: UnlearnRecipe) -> list[str]:
+    """Check that the recipe's local paths exist and hold the splits it names, loading nothing.
+
+    Raises ConfigError naming the recipe key to fix; returns a note for each source it could
+    not check (Hub ids: `--dry-run` downloads nothing).
+    """
+    data = recipe.data
+    forget_splits = {"data.train_split": data.train_split, "data.test_split": data.test_split}
+    if data.validation_split is not None:
+        forget_splits["data.validation_split"] = data.validation_split
+    output = Path(recipe.output_dir).expanduser()
+    if output.exists() and not output.is_dir():
+        raise ConfigError(
+            f"output_dir={recipe.output_dir!r} is a file; name a folder (new or from an earlier run)."
+        )
+    notes = _check_model_folder(recipe.model.name_or_path)
+    notes += _check_original_folder(recipe.original.path)
+    notes += _check_dataset("data.dataset", data.dataset, forget_splits)
+    if data.control_dataset is not None:
+        control_splits = {"data.control_test_split": data.control_test_split}
+        if data.control_validation_split is not None:
+            control_splits["data.control_validation_split"] = data.control_validation_split
+        else:
+            control_splits["data.control_train_split"] = data.control_train_split
+        notes += _check_dataset("data.control_dataset", data.control_dataset, control_splits)
+    return notes
+
+
+def _local_path(value: Any) -> Path | None:
+    """The local path `value` names, or None when it is a Hub id (the data loader's rule)."""
+    from .data.loading import _as_path, _is_hub_id
+
+    return None if _is_hub_id(value) else _as_path(value)
+
+
+def _not_checked(key: str, value: Any) -> list[str]:
+    from .data.loading import hub_is_offline
+
+    why = "not checked offline" if hub_is_offline() else "not checked (--dry-run downloads nothing)"
+    return [f"{key}={value!r} is a Hub id: {why}"]
+
+
+def _existing(key: str, value: Any, path: Path, what: str) -> Path:
+    if not path.exists():
+        raise ConfigError(
+            f"{key}={value!r}: no such {what} ({path.resolve()}); a Hub id would look like 'owner/name'."
+        )
+    return path
+
+
+def _check_model_folder(name_or_path: str | None) -> list[str]:
+    if name_or_path is None:
+        return []
+    path = _local_path(name_or_path)
+    if path is None:
+        return _not_checked("model.name_or_path", name_or_path)
+    if not _existing("model.name_or_path", name_or_path, path, "folder").is_dir():
+        raise ConfigError(
+            f"model.name_or_path={name_or_path!r} is a file; give the folder that holds config.json."
+        )
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"model.name_or_path={name_or_path!r} has no config.json; give a folder written by "
+            "save_pretrained (transformers) or a Hub id."
+        )
+    return []
+
+
+def _check_original_folder(folder: str | None) -> list[str]:
+    from .models.base import CLASSIFIER_METADATA_FILE
+
+    if folder is None:
+        return []
+    path = _local_path(folder)
+    if path is None:
+        return _not_checked("original.path", folder)
+    if not _existing("original.path", folder, path, "folder").is_dir():
+        raise ConfigError(f"original.path={folder!r} is a file; give a classifier folder.")
+    if (path / CLASSIFIER_METADATA_FILE).is_file():
+        return []
+    if (path / "config.json").is_file():
+        raise ConfigError(
+            f"original.path={folder!r} is a plain pretrained folder (no {CLASSIFIER_METADATA_FILE}), not a "
+            f"classifier saved by hf-negmerge. To start from its weights, set model.name_or_path={folder} "
+            "instead and remove original.path."
+        )
+    raise ConfigError(
+        f"original.path={folder!r} is not a classifier folder saved by hf-negmerge "
+        f"(no {CLASSIFIER_METADATA_FILE} and no config.json)."
+    )
+
+
+def _check_dataset(key: str, source: Any, splits: dict[str, str]) -> list[str]:
+    """The named splits must be among those the source holds (found by listing, not loading)."""
+    from .data.loading import BUILTIN_DATASETS, _parquet_file_list
+
+    if isinstance(source, str) and source in BUILTIN_DATASETS:
+        available = list(BUILTIN_DATASETS[source]())
+    elif isinstance(source, dict):
+        for files in source.values():
+            _named(key, _parquet_file_list, files)
+        available = [str(split) for split in source]
+    elif isinstance(source, list):
+        _named(key, _parquet_file_list, source)
+        available = ["train"]
+    elif not isinstance(source, str):
+        raise ConfigError(
+            f"{key} must be a dataset name, a path, a list of parquet files or a {{split: files}} "
+            f"mapping, got {source!r}."
+        )
+    else:
+        path = _local_path(source)
+        if path is None:
+            return _not_checked(key, source)
+        available = _local_splits(key, source, _existing(key, source, path, "file or folder"))
+    for split_key, split in splits.items():
+        if split not in available:
+            raise ConfigError(
+                f"{split_key}={split!r} is not a split of {key}={source!r}; splits found: {available}. "
+                f"Set {split_key} to one of them."
+            )
+    return []
+
+
+def _named(key: str, check: Any, *args: Any) -> Any:
+    """Run one of the data loader's checks, naming the recipe key in its error."""
+    try:
+        return check(*args)
+    except ConfigError as error:
+        raise ConfigError(f"{key}: {error}") from error
+
+
+def _local_splits(key: str, source: Any, path: Path) -> list[str]:
+    """Split names of a local dataset, as `datasets` will name them when it loads it."""
+    import json
+
+    from datasets.data_files import EmptyDatasetError, get_data_patterns
+
+    from .data.loading import detect_source_kind
+
+    if _named(key, detect_source_kind, source) == "saved_to_disk":
+        listing = path / "dataset_dict.json"
+        if not listing.is_file():
+            raise ConfigError(
+                f"{key}={source!r} is a single saved Dataset without splits; save a DatasetDict "
+                "(e.g. DatasetDict({'train': ..., 'test': ...}).save_to_disk(...))."
+            )
+        try:
+            return [str(split) for split in json.loads(listing.read_text(encoding="utf-8"))["splits"]]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConfigError(
+                f"{key}={source!r}: cannot read the split list in {listing}: {error}"
+            ) from error
+    if path.is_file():
+        return ["train"]  # a single parquet file is one split, named "train" by datasets
+    try:
+        return [str(split) for split in get_data_patterns(str(path))]
+    except EmptyDatasetError as error:
+        raise ConfigError(f"{key}={source!r}: the folder holds no data files.") from error

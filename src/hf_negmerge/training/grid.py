@@ -21,6 +21,25 @@ from typing import Any
 from ..errors import ConfigError
 
 MIXED_PRECISION_MODES = ("no", "fp16", "bf16")
+
+
+class HyperparameterError(ConfigError):
+    """An invalid hyperparameter value; says which field and where in a GridSpec it was set.
+
+    `where` is "base", "axes" or "points[<i>]", so a recipe can name the key to fix
+    (`grid.base.epochs`, `grid.axes.epochs`, `grid.points[2].epochs`).
+    """
+
+    def __init__(self, name: str, message: str, where: str = "base") -> None:
+        super().__init__(message)
+        self.name = name
+        self.where = where
+
+
+class WarmupWarning(UserWarning):
+    """Warm-up at least as long as the run: the learning rate never reaches its peak."""
+
+
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
 
 # Epochs the authors used per forget set in the CLIP RandAugment pool (REFERENCE §2.1).
@@ -87,8 +106,9 @@ class TrainingHyperparameters:
         self.weight_decay = _number("weight_decay", self.weight_decay, minimum=0.0)
         self.label_smoothing = _number("label_smoothing", self.label_smoothing, minimum=0.0)
         if self.label_smoothing >= 1.0:
-            raise ConfigError(
-                f"TrainingHyperparameters.label_smoothing={self.label_smoothing} must be below 1."
+            raise HyperparameterError(
+                "label_smoothing",
+                f"TrainingHyperparameters.label_smoothing={self.label_smoothing} must be below 1.",
             )
         self.epochs = _integer("epochs", self.epochs, minimum=1)
         self.warmup_steps = _integer("warmup_steps", self.warmup_steps, minimum=0)
@@ -107,9 +127,10 @@ class TrainingHyperparameters:
     def _check_randaugment(self) -> None:
         magnitude, num_ops = self.randaugment_magnitude, self.randaugment_num_ops
         if (magnitude is None) != (num_ops is None):
-            raise ConfigError(
+            raise HyperparameterError(
+                "randaugment_magnitude" if magnitude is None else "randaugment_num_ops",
                 "TrainingHyperparameters.randaugment_magnitude and randaugment_num_ops go together: "
-                f"got magnitude={magnitude!r}, num_ops={num_ops!r}; set both or neither."
+                f"got magnitude={magnitude!r}, num_ops={num_ops!r}; set both or neither.",
             )
         if magnitude is not None:
             # kornia's RandAugment takes m strictly inside (0, 30) (torchvision's 31 magnitude bins).
@@ -123,9 +144,10 @@ class TrainingHyperparameters:
             ]
             if stray or self.lora_dropout:
                 stray += ["lora_dropout"] if self.lora_dropout else []
-                raise ConfigError(
+                raise HyperparameterError(
+                    stray[0],
                     f"TrainingHyperparameters.{stray[0]} is set but lora_rank is None (full fine-tuning); "
-                    "set lora_rank to use LoRA."
+                    "set lora_rank to use LoRA.",
                 )
             return
         self.lora_rank = _integer("lora_rank", self.lora_rank, minimum=1)
@@ -133,7 +155,9 @@ class TrainingHyperparameters:
             self.lora_alpha = _number("lora_alpha", self.lora_alpha, minimum=0.0, strict=True)
         self.lora_dropout = _number("lora_dropout", self.lora_dropout, minimum=0.0)
         if self.lora_dropout >= 1.0:
-            raise ConfigError(f"TrainingHyperparameters.lora_dropout={self.lora_dropout} must be below 1.")
+            raise HyperparameterError(
+                "lora_dropout", f"TrainingHyperparameters.lora_dropout={self.lora_dropout} must be below 1."
+            )
         if self.lora_target_modules is not None:
             targets = (
                 [self.lora_target_modules]
@@ -141,9 +165,10 @@ class TrainingHyperparameters:
                 else self.lora_target_modules
             )
             if not targets or not all(isinstance(t, str) and t for t in targets):
-                raise ConfigError(
+                raise HyperparameterError(
+                    "lora_target_modules",
                     "TrainingHyperparameters.lora_target_modules must be a non-empty list of module names, "
-                    f"got {self.lora_target_modules!r}."
+                    f"got {self.lora_target_modules!r}.",
                 )
             self.lora_target_modules = list(targets)
 
@@ -262,10 +287,13 @@ class GridSpec:
                 "GridSpec takes `axes` (a cartesian product) or `points` (an explicit list), not both."
             )
         if self.axes is not None:
+            _check_axes_type(self.axes)
             self.axes = {name: _axis_values(name, values) for name, values in dict(self.axes).items()}
             if not self.axes:
                 raise ConfigError("GridSpec.axes is empty; give at least one axis or leave it None.")
         if self.points is not None:
+            if isinstance(self.points, (str, bytes, Mapping)) or not isinstance(self.points, Sequence):
+                raise ConfigError(f"GridSpec.points must be a list of dicts, got {self.points!r}.")
             if not self.points:
                 raise ConfigError("GridSpec.points is empty; give at least one point or leave it None.")
             for index, point in enumerate(self.points):
@@ -293,6 +321,11 @@ class GridSpec:
         for values, label in zip(overrides, where, strict=True):
             try:
                 hyperparameters = self.base.replace(**values)
+            except HyperparameterError as error:
+                source = "base"  # the offending value came from `base` unless this point sets it
+                if error.name in values:
+                    source = "axes" if self.axes is not None else label
+                raise HyperparameterError(error.name, f"GridSpec point ({label}): {error}", source) from error
             except ConfigError as error:
                 raise ConfigError(f"GridSpec point ({label}): {error}") from error
             point = GridPoint(hyperparameters, values)
@@ -313,16 +346,39 @@ class GridSpec:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> GridSpec:
-        unknown = sorted(set(values) - {"base", "axes", "points", "preset"})
+        """Build from a recipe's `grid` section: `base` + `axes` or `points`, or a `preset`.
+
+        With a preset, `axes` entries replace the values of the preset's axis of the same name,
+        which is how a pool is shrunk (`axes: {randaugment_magnitude: [1, 5]}`); `preset: null`
+        means no preset.
+        """
+        unknown = sorted(str(key) for key in set(values) - {"base", "axes", "points", "preset"})
         if unknown:
             raise ConfigError(f"Unknown GridSpec key(s) {unknown}; known keys: base, axes, points, preset.")
-        if "preset" in values:
-            if values.get("axes") is not None or values.get("points") is not None:
-                raise ConfigError(
-                    "GridSpec: `preset` already defines the axes; drop `axes`/`points` or the preset."
-                )
-            return grid_preset(values["preset"], **dict(values.get("base") or {}))
-        return cls(base=values.get("base") or {}, axes=values.get("axes"), points=values.get("points"))
+        base = values.get("base") or {}
+        if not isinstance(base, Mapping):
+            raise ConfigError(f"GridSpec.base must be a mapping of hyperparameters, got {base!r}.")
+        axes, points, preset = values.get("axes"), values.get("points"), values.get("preset")
+        if preset is None:
+            return cls(base=base, axes=axes, points=points)
+        if points is not None:
+            raise ConfigError(
+                f"GridSpec: preset {preset!r} defines the runs with axes, so `points` cannot be added; "
+                "drop `points`, or drop the preset (preset: null)."
+            )
+        spec = grid_preset(preset, **base)
+        if axes is None:
+            return spec
+        _check_axes_type(axes)
+        preset_axes = dict(spec.axes or {})
+        foreign = sorted(str(name) for name in set(axes) - set(preset_axes))
+        if foreign:
+            raise ConfigError(
+                f"GridSpec: {foreign} are not axes of preset {preset!r} (its axes: {', '.join(preset_axes)}); "
+                "with a preset, `axes` only replaces the values of the preset's own axes. "
+                "For axes of your own, drop the preset (preset: null)."
+            )
+        return cls(base=spec.base, axes={**preset_axes, **axes})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +403,7 @@ def available_grid_presets() -> list[str]:
 
 def grid_preset(name: str, **base_overrides: Any) -> GridSpec:
     """A named pool; `base_overrides` change the shared values (e.g. `epochs=30` for MNIST)."""
-    if name not in GRID_PRESETS:
+    if not isinstance(name, str) or name not in GRID_PRESETS:
         raise ConfigError(
             f"Unknown grid preset {name!r}; choose one of {', '.join(available_grid_presets())}."
         )
@@ -397,6 +453,58 @@ def _standard(**base_overrides: Any) -> GridSpec:
 
 
 # ---------------------------------------------------------------------------------------------
+# Warm-up against run length: one warning for the whole grid, with the numbers to change.
+
+
+def optimizer_steps(hyperparameters: TrainingHyperparameters, num_rows: int, num_processes: int = 1) -> int:
+    """Optimizer steps of one run over `num_rows` forget-train rows (as the training loop counts them)."""
+    batches = math.ceil(num_rows / (hyperparameters.batch_size * num_processes))
+    return math.ceil(batches / hyperparameters.gradient_accumulation_steps) * hyperparameters.epochs
+
+
+def rows_for_warmup(hyperparameters: TrainingHyperparameters) -> int:
+    """Fewest forget-train rows (one process) for which warm-up ends before the run does."""
+    per_epoch = hyperparameters.warmup_steps // hyperparameters.epochs
+    return hyperparameters.batch_size * hyperparameters.gradient_accumulation_steps * per_epoch + 1
+
+
+def warmup_key(points: Sequence[GridPoint]) -> str:
+    """The recipe key that sets these points' warm-up."""
+    varied = any("warmup_steps" in point.overrides for point in points)
+    return "grid.axes.warmup_steps" if varied else "grid.base.warmup_steps"
+
+
+def warmup_warning(points: Sequence[GridPoint], num_rows: int, num_processes: int = 1) -> str | None:
+    """One message for every run whose warm-up is at least as long as the run, or None.
+
+    Such runs never reach their peak learning rate; with a small one (the paper's 1e-5 over
+    500 warm-up steps) they barely move the weights and the λ search keeps λ = 0.
+    """
+    short = [
+        (point, steps)
+        for point in points
+        if point.hyperparameters.warmup_steps
+        >= (steps := optimizer_steps(point.hyperparameters, num_rows, num_processes))
+    ]
+    if not short:
+        return None
+    warmups = sorted({point.hyperparameters.warmup_steps for point, _ in short})
+    steps = sorted({steps for _, steps in short})
+    rates = sorted({point.hyperparameters.learning_rate for point, _ in short})
+    shortest = steps[0]
+    return (
+        f"warm-up is at least as long as the run in {len(short)} of {len(points)} grid run(s): "
+        f"warmup_steps={'/'.join(map(str, warmups))} ≥ their "
+        f"{'..'.join(map(str, dict.fromkeys([steps[0], steps[-1]])))} optimizer steps on "
+        f"{num_rows} forget-train rows, so the learning rate never reaches its peak "
+        f"({'/'.join(f'{rate:g}' for rate in rates)}). Such runs barely change the weights, and the "
+        "λ search then likely keeps λ = 0 (nothing forgotten). "
+        f"Lower {warmup_key([point for point, _ in short])} to at most {shortest - 1} "
+        f"(about {max(1, shortest // 10)}, a tenth of the shortest run, is usual) or raise the epochs."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Helpers.
 
 
@@ -417,6 +525,11 @@ def as_grid_points(grid: GridSpec | Sequence[GridPoint] | Sequence[Mapping[str, 
     if repeated:
         raise ConfigError(f"Grid point id(s) {repeated} appear more than once; each run must differ.")
     return points
+
+
+def _check_axes_type(axes: Any) -> None:
+    if not isinstance(axes, Mapping):
+        raise ConfigError(f"GridSpec.axes must be a mapping of name -> list of values, got {axes!r}.")
 
 
 def _axis_values(name: str, values: Any) -> list[Any]:
@@ -445,10 +558,14 @@ def _reject_unknown_keys(owner: str, values: Mapping[str, Any]) -> None:
 
 def _number(name: str, value: Any, minimum: float, strict: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"TrainingHyperparameters.{name} must be a finite number, got {value!r}.")
+        raise HyperparameterError(
+            name, f"TrainingHyperparameters.{name} must be a finite number, got {value!r}."
+        )
     if value < minimum or (strict and value == minimum):
         bound = ">" if strict else "≥"
-        raise ConfigError(f"TrainingHyperparameters.{name}={value!r} must be {bound} {minimum}.")
+        raise HyperparameterError(
+            name, f"TrainingHyperparameters.{name}={value!r} must be {bound} {minimum}."
+        )
     return float(value)
 
 
@@ -456,17 +573,19 @@ def _integer(name: str, value: Any, minimum: int, maximum: int | None = None) ->
     if isinstance(value, bool) or not (
         isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     ):
-        raise ConfigError(f"TrainingHyperparameters.{name} must be an integer, got {value!r}.")
+        raise HyperparameterError(name, f"TrainingHyperparameters.{name} must be an integer, got {value!r}.")
     value = int(value)
     if value < minimum or (maximum is not None and value > maximum):
         upper = f" and ≤ {maximum}" if maximum is not None else ""
-        raise ConfigError(f"TrainingHyperparameters.{name}={value} must be ≥ {minimum}{upper}.")
+        raise HyperparameterError(name, f"TrainingHyperparameters.{name}={value} must be ≥ {minimum}{upper}.")
     return value
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"TrainingHyperparameters.{name}={value!r} is not one of {', '.join(choices)}.")
+    if not isinstance(value, str) or value not in choices:
+        raise HyperparameterError(
+            name, f"TrainingHyperparameters.{name}={value!r} is not one of {', '.join(choices)}."
+        )
 
 
 def _format_value(value: Any) -> str:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .augment import build_augmentation
-from .grid import TrainingHyperparameters
+from .grid import TrainingHyperparameters, WarmupWarning
 
 StepCallback = Callable[[int, float], None]
 
@@ -102,6 +102,7 @@ def finetune(
         warnings.warn(
             f"{description}: warmup_steps={hyperparameters.warmup_steps} ≥ the run's {total_steps} optimizer "
             "steps, so the learning rate never reaches its peak.",
+            WarmupWarning,
             stacklevel=2,
         )
     scheduler = _build_scheduler(hyperparameters, optimizer.optimizer, total_steps)

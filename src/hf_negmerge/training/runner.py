@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from ..errors import CheckpointError, ConfigError, NegMergeError
 from ..key_space import KeyNames
 from ..merging.accumulate import MergeAccumulator, MergeResult
 from ..task_vector import MERGED_VECTOR_NAME, TaskVector
-from .grid import GridPoint, GridSpec, as_grid_points
+from .grid import GridPoint, GridSpec, WarmupWarning, as_grid_points, warmup_warning
 from .loop import finetune
 
 RUNS_DIR = "runs"
@@ -158,6 +159,12 @@ class GridRunner:
             raise plan
 
         sharded = self.shard and accelerator.num_processes > 1
+        training = [self.by_id[run_id] for run_id in plan.train]
+        warning = warmup_warning(
+            training, len(self.forget_train), 1 if sharded else accelerator.num_processes
+        )
+        if warning and accelerator.is_main_process:  # once for the grid, not once per run
+            warnings.warn(warning, WarmupWarning, stacklevel=2)
         if sharded:
             with accelerator.split_between_processes(plan.train) as mine:
                 my_ids = list(mine)
@@ -268,15 +275,17 @@ class GridRunner:
         started = time.time()
         hyperparameters = point.hyperparameters
         classifier = ImageClassifier.from_pretrained(self.base_classifier_dir)
-        classifier = finetune(
-            classifier,
-            self.forget_train,
-            hyperparameters,
-            accelerator=self.accelerator,
-            progress=self.progress,
-            data_parallel=data_parallel,
-            description=point.id,
-        )
+        with warnings.catch_warnings():  # run() already warned once for the whole grid
+            warnings.simplefilter("ignore", WarmupWarning)
+            classifier = finetune(
+                classifier,
+                self.forget_train,
+                hyperparameters,
+                accelerator=self.accelerator,
+                progress=self.progress,
+                data_parallel=data_parallel,
+                description=point.id,
+            )
         self.accelerator.free_memory()  # the accelerator outlives the run: drop its references to it
         if data_parallel and not self.accelerator.is_main_process:
             return  # DDP: every rank holds the same weights; the main process writes the run
