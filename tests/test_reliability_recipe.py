@@ -508,3 +508,15 @@ def test_grid_runner_warns_once_not_per_run(tmp_path):
     assert "3 of 3 grid run(s)" in str(warmup[0].message)
     assert "≥ their 10 optimizer steps" in str(warmup[0].message)  # 5 batches x 2 epochs
     assert len(json.loads((tmp_path / "grid" / "grid.json").read_text())) == 3
+
+
+def test_run_unlearning_checks_sources_before_any_work(tmp_path):
+    """The Python API refuses a missing dataset folder like --dry-run does, writing nothing."""
+    from hf_negmerge.pipeline import run_unlearning
+    from hf_negmerge.recipe import load_recipe
+
+    output_dir = tmp_path / "out"
+    recipe = load_recipe("default", [f"output_dir={output_dir}", f"data.dataset={tmp_path / 'no-such-data'}"])
+    with pytest.raises(ConfigError, match="data.dataset"):
+        run_unlearning(recipe, progress=False)
+    assert not output_dir.exists()

@@ -41,7 +41,7 @@ from .evaluation import Predictions, avg_gap, mia_efficacy, predict
 from .key_space import KeyNames
 from .lambda_search import LambdaPoint, LambdaSelection, search_lambda
 from .merging import MergeResult, merge_task_vectors
-from .recipe import UnlearnRecipe
+from .recipe import UnlearnRecipe, check_sources
 from .task_vector import TaskVector, select_keys
 
 logger = logging.getLogger(__name__)
@@ -430,6 +430,7 @@ def run_unlearning(
     from .outputs import check_output_dir, claim_output_folder
 
     output_dir = check_output_dir(recipe.output_dir)
+    check_sources(recipe)  # the same path and split checks as --dry-run, before any work
     if not progress:
         import datasets
         import transformers
