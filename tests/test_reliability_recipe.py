@@ -517,6 +517,6 @@ def test_run_unlearning_checks_sources_before_any_work(tmp_path):
 
     output_dir = tmp_path / "out"
     recipe = load_recipe("default", [f"output_dir={output_dir}", f"data.dataset={tmp_path / 'no-such-data'}"])
-    with pytest.raises(ConfigError, match="data.dataset"):
+    with pytest.raises(ConfigError, match=r"data\.dataset"):
         run_unlearning(recipe, progress=False)
     assert not output_dir.exists()
