@@ -50,7 +50,9 @@ def metrics_summary(recipe: UnlearnRecipe, outcome: UnlearningOutcome) -> dict[s
         {
             "method": main.method,
             "scale": main.selection.scale,
-            "base_model": recipe.model.name_or_path,
+            "base_model": outcome.original_model.get("base_model", recipe.model.name_or_path),
+            "base_model_sha256": outcome.original_model.get("sha256"),
+            "original_model": outcome.original_model,
             "architecture": recipe.model.architecture,
             "forget_dataset": recipe.data.dataset,
             "control_dataset": recipe.data.control_dataset,
@@ -140,7 +142,8 @@ def build_output_files(
     main = outcome.main
     dataclasses.replace(recipe.merge, scale=main.selection.scale).save_pretrained(staging)
     vector = outcome.merge.task_vector
-    vector.metadata.update(scale=main.selection.scale, base_model=str(recipe.model.name_or_path or base_dir))
+    base_model = outcome.original_model.get("base_model") or recipe.model.name_or_path or base_dir
+    vector.metadata.update(scale=main.selection.scale, base_model=str(base_model))
     vector.save(staging / MERGED_VECTOR_NAME)
     summary = metrics_summary(recipe, outcome)
     atomic_write_text(staging / METRICS_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
