@@ -384,3 +384,114 @@ def test_test_split_can_be_carved_from_train(tmp_path, digits):
         data.test_carved
         and build_unlearning_data(config).test[SOURCE_INDEX_COLUMN] == data.test[SOURCE_INDEX_COLUMN]
     )
+
+
+# --------------------------------------------------------------------------- 6. the documented recipes
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "your-own-model.md"
+
+
+def doc_recipe(name: str, folder: Path) -> Path:
+    """The YAML block of docs/your-own-model.md that starts with `# recipe: <name>`, written to a file."""
+    blocks = DOC.read_text(encoding="utf-8").split("```yaml\n")[1:]
+    (block,) = [b.split("```")[0] for b in blocks if b.startswith(f"# recipe: {name}\n")]
+    path = folder / f"{name}.yaml"
+    path.write_text(block, encoding="utf-8")
+    return path
+
+
+SMALL_RUN = [
+    "--no-progress",
+    "grid.axes.seed=[0]",
+    "grid.base.epochs=1",
+    "merge.lambda_grid=[0,0.5]",
+    "comparison=[]",
+]
+
+
+@pytest.mark.slow
+def test_documented_vit_image_folder_recipe(tmp_path, user_vit, digit_folder):
+    from hf_negmerge.cli import main
+
+    recipe = doc_recipe("vit-image-folder", tmp_path)
+    out = tmp_path / "unlearned-vit"
+    args = [f"data.dataset={digit_folder}", f"model.name_or_path={user_vit}", f"output_dir={out}"]
+    assert main(["unlearn", "--config", str(recipe), "--dry-run", *args]) == 0
+    assert main(["unlearn", "--config", str(recipe), *SMALL_RUN, *args]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["validation_source"].startswith("carved from test split 'test'")
+    assert "validation_warning" not in metrics["data"] and metrics["data"]["forget_classes"] == ["three"]
+    sizes = metrics["data"]["sizes"]
+    assert sizes["forget_val"] + sizes["retain_val"] == int(450 * 0.1)
+    assert sizes["forget_test"] + sizes["retain_test"] == 450 - int(450 * 0.1)
+    assert (
+        json.loads((out / "config.json").read_text())["id2label"]
+        == json.loads((user_vit / "config.json").read_text())["id2label"]
+    )
+    assert metrics["original"]["retain_accuracy"] > 80
+
+
+@pytest.mark.slow
+def test_documented_clip_parquet_control_recipe(tmp_path, digits):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hf_negmerge.cli import main
+    from hf_negmerge.evaluation import predict_dataset
+    from hf_negmerge.models import CLASSIFIER_METADATA_FILE, ImageClassifier
+
+    clip_dir = tmp_path / "my_clip"
+    build_classifier(
+        ModelConfig(architecture="clip", prompt_templates=["a photo of a {}."]), NAMES
+    ).save_pretrained(clip_dir)
+    (clip_dir / CLASSIFIER_METADATA_FILE).unlink()  # a plain transformers CLIP folder
+    parquet_dir = tmp_path / "my_parquet"
+    parquet_dir.mkdir()
+    for split, rows in (
+        ("train", digits["train"].select(range(300))),
+        ("test", digits["test"].select(range(150))),
+    ):
+        table = pa.table(
+            {
+                "image": [png for png in (_png(image) for image in rows["image"])],
+                "label": [NAMES[label] for label in rows["label"]],
+            }
+        )
+        pq.write_table(table, parquet_dir / f"{split}.parquet")
+    control_dir = tmp_path / "my_control"
+    control = load_digits_dataset(seed=1)
+    datasets.DatasetDict(
+        {"train": control["train"], "test": control["test"].select(range(200))}
+    ).save_to_disk(str(control_dir))
+
+    recipe = doc_recipe("clip-parquet-control", tmp_path)
+    out = tmp_path / "unlearned-clip"
+    args = [f"data.dataset={parquet_dir}", f"data.control_dataset={control_dir}"]
+    args += [f"model.name_or_path={clip_dir}", f"output_dir={out}"]
+    assert main(["unlearn", "--config", str(recipe), *SMALL_RUN, *args]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    sizes = metrics["data"]["sizes"]
+    assert sizes["forget_val"] == 15 and sizes["forget_test"] == 135 and sizes["forget_train"] == 300
+    assert sizes["control_val"] == 20 and sizes["control_test"] == 180
+    assert (
+        metrics["base_model"] == str(clip_dir) and metrics["original_model"]["source"] == "model.name_or_path"
+    )
+    # independent re-scoring of the original on the control set with the control class names
+    from hf_negmerge.data import build_unlearning_data
+    from hf_negmerge.recipe import load_recipe
+
+    resolved = load_recipe(str(recipe), args)
+    data = build_unlearning_data(resolved.data)
+    control_head = ImageClassifier.from_pretrained(
+        out / "work" / "original", class_names=data.control_class_names
+    )
+    expected = predict_dataset(control_head, data.control_test).accuracy()
+    assert metrics["original"]["control_accuracy"] == pytest.approx(expected)
+
+
+def _png(image: PIL.Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
