@@ -149,6 +149,13 @@ def test_class_folders_in_another_order_keep_the_models_labels(tmp_path, user_vi
     expected = hashlib.sha256(f"model.safetensors\0{file_hash}\n".encode()).hexdigest()
     assert metrics["original_model"]["source_sha256"] == expected
     assert metrics["original_model"]["source"] == "model.name_or_path"
+    used = tmp_path / "out" / "work" / "original" / "model.safetensors"
+    used_hash = hashlib.sha256(
+        f"model.safetensors\0{hashlib.sha256(used.read_bytes()).hexdigest()}\n".encode()
+    )
+    assert metrics["base_model_sha256"] == used_hash.hexdigest()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"`{user_vit}` (model.name_or_path), weights sha256 `{used_hash.hexdigest()}`" in report
     # validation was carved from the split the user's model learned: said in the report data
     assert "validation_warning" in metrics["data"]
     assert metrics["data"]["validation_source"] == "carved from train split 'train'"

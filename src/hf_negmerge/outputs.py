@@ -87,6 +87,16 @@ def _merged_tensors_line(config: NegMergeConfig) -> str:
     return f"Task vectors cover {' '.join(parts)} (merge.include/exclude), for every method."
 
 
+def _original_line(original: dict[str, Any]) -> str:
+    """Which θ₀ the numbers belong to: its source and the sha256 of its weights."""
+    if not original:
+        return ""
+    line = f"Original model (θ₀): `{original['base_model']}` ({original['source']}), weights sha256 `{original['sha256']}`"
+    if original.get("trained_from"):
+        line += f", trained here from `{original['trained_from']}`"
+    return line + "."
+
+
 def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome) -> str:
     main = outcome.main
     stats = outcome.merge.stats
@@ -97,6 +107,8 @@ def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome) -> str:
         + (f", classes {recipe.data.forget_classes}" if recipe.data.forget_classes else "")
         + f"); model: `{recipe.model.name_or_path or 'tiny ' + recipe.model.architecture}`; "
         f"{len(outcome.run_ids)} fine-tuned runs.",
+        "",
+        _original_line(outcome.original_model),
         "",
         _merged_tensors_line(recipe.merge),
         "",

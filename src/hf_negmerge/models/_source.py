@@ -139,16 +139,20 @@ def weights_sha256(folder: str | Path) -> str:
 
 
 def source_weights_sha256(source: WeightsSource) -> str:
-    """:func:`weights_sha256` of a resolved source; a Hub id is hashed from its (cached) snapshot."""
+    """:func:`weights_sha256` of a resolved source; a Hub id is hashed from its (cached) snapshot.
+
+    For a Hub id only the safetensors files are fetched when there are any (what transformers
+    loads), so repositories that also carry .bin copies are not downloaded twice.
+    """
     if source.is_local:
         return weights_sha256(source.location)
     from huggingface_hub import snapshot_download
 
-    folder = snapshot_download(
-        source.location,
-        allow_patterns=list(WEIGHT_FILE_PATTERNS),
-        **{
-            key: value for key, value in source.load_kwargs.items() if key in ("revision", "local_files_only")
-        },
-    )
-    return weights_sha256(folder)
+    options = {
+        key: value for key, value in source.load_kwargs.items() if key in ("revision", "local_files_only")
+    }
+    for patterns in (["*.safetensors", "*.safetensors.index.json"], list(WEIGHT_FILE_PATTERNS)):
+        folder = snapshot_download(source.location, allow_patterns=patterns, **options)
+        if any(path.is_file() for pattern in patterns for path in Path(folder).glob(pattern)):
+            return weights_sha256(folder)
+    raise CheckpointError(f"{source.location!r} has no weight files ({', '.join(WEIGHT_FILE_PATTERNS)}).")
