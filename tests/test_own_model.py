@@ -502,3 +502,17 @@ def _png(image: PIL.Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_dataset_with_some_of_the_models_labels_keeps_the_models_ids(tmp_path, digits):
+    keep = {0: "zero", 3: "three", 5: "five"}
+    rows = {
+        split: digits[split].filter(lambda label: label in keep, input_columns="label").select(range(60))
+        for split in ("train", "test")
+    }
+    write_image_folder(tmp_path / "three", rows)
+    config = DataConfig(dataset=str(tmp_path / "three"), scenario="class", forget_classes=["five"])
+    data = build_unlearning_data(config, label_names=NAMES)
+    assert data.num_classes == 10 and data.class_names == NAMES and data.forget_classes == [5]
+    expected = sorted(rows["test"]["label"])  # digit d is the model's label id d
+    assert sorted(data.test["label"]) == expected
