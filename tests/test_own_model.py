@@ -516,3 +516,27 @@ def test_dataset_with_some_of_the_models_labels_keeps_the_models_ids(tmp_path, d
     assert data.num_classes == 10 and data.class_names == NAMES and data.forget_classes == [5]
     expected = sorted(rows["test"]["label"])  # digit d is the model's label id d
     assert sorted(data.test["label"]) == expected
+
+
+@pytest.mark.slow
+def test_replace_head_trains_a_new_head_here(tmp_path, user_vit, digits):
+    from hf_negmerge.pipeline import run_unlearning
+
+    nine = [f"class_{i}" for i in range(9)]
+    rows = {
+        s: digits[s].filter(lambda label: label < 9, input_columns="label").select(range(270))
+        for s in ("train", "test")
+    }
+    write_image_folder(tmp_path / "nine", rows, nine)
+    values = class_recipe(tmp_path, user_vit, tmp_path / "nine")
+    values["data"]["forget_classes"] = ["class_3"]
+    values["model"]["replace_head"] = True
+    values["original"] = {"train": True, "epochs": 1, "cache_dir": str(tmp_path / "cache")}
+    run_unlearning(recipe_from_dict(values), progress=False)
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["id2label"] == {str(i): name for i, name in enumerate(nine)}
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    (cached,) = (tmp_path / "cache").iterdir()
+    assert metrics["base_model"] == str(cached) and metrics["original_model"]["source"] == "original.train"
+    assert metrics["original_model"]["trained_from"] == str(user_vit)
+    assert "validation_warning" not in metrics["data"]  # θ₀ trained here never saw the validation rows
