@@ -319,7 +319,11 @@ def test_local_folder_as_pretrained_source(tmp_path):
     vit = tiny_vit()
     vit.save_pretrained(tmp_path / "vit")
     new_labels = ["cat", "dog", "bird", "fish", "frog", "deer"]
-    grown = build_classifier(ModelConfig(architecture="vit", name_or_path=str(tmp_path / "vit")), new_labels)
+    with pytest.raises(ConfigError, match=r"head for \d+ labels"):  # labels differ: no silent new head
+        build_classifier(ModelConfig(architecture="vit", name_or_path=str(tmp_path / "vit")), new_labels)
+    grown = build_classifier(
+        ModelConfig(architecture="vit", name_or_path=str(tmp_path / "vit"), replace_head=True), new_labels
+    )
     assert grown(batch()[0]).shape == (8, len(new_labels))
     assert grown.model.config.id2label == dict(enumerate(new_labels))
     backbone = {k: v for k, v in vit.model.state_dict().items() if not k.startswith("classifier.")}

@@ -61,7 +61,9 @@ def metrics_summary(recipe: UnlearnRecipe, outcome: UnlearningOutcome) -> dict[s
         {
             "method": main.method,
             "scale": main.selection.scale,
-            "base_model": recipe.model.name_or_path,
+            "base_model": outcome.original_model.get("base_model", recipe.model.name_or_path),
+            "base_model_sha256": outcome.original_model.get("sha256"),
+            "original_model": outcome.original_model,
             "architecture": recipe.model.architecture,
             "forget_dataset": recipe.data.dataset,
             "control_dataset": recipe.data.control_dataset,
@@ -112,6 +114,16 @@ def finetuned_tensor_names(classifier: Any) -> list[str]:
     return select_keys(floats, classifier.trainable_parameter_patterns(), None, KeyNames.of(classifier.model))
 
 
+def _original_line(original: dict[str, Any]) -> str:
+    """Which θ₀ the numbers belong to: its source and the sha256 of its weights."""
+    if not original:
+        return ""
+    line = f"Original model (θ₀): `{original['base_model']}` ({original['source']}), weights sha256 `{original['sha256']}`"
+    if original.get("trained_from"):
+        line += f", trained here from `{original['trained_from']}`"
+    return line + "."
+
+
 def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome, finetuned: list[str]) -> str:
     """report.md; `finetuned`: the fine-tuned tensor names (`finetuned_tensor_names`)."""
     main = outcome.main
@@ -123,6 +135,8 @@ def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome, finetuned: 
         + (f", classes {recipe.data.forget_classes}" if recipe.data.forget_classes else "")
         + f"); model: `{recipe.model.name_or_path or 'tiny ' + recipe.model.architecture}`; "
         f"{len(outcome.run_ids)} fine-tuned runs.",
+        "",
+        _original_line(outcome.original_model),
         "",
         _merged_tensors_line(recipe.merge, outcome.merge.task_vector.keys(), finetuned),
         "",
@@ -168,7 +182,8 @@ def build_output_files(
     main = outcome.main
     dataclasses.replace(recipe.merge, scale=main.selection.scale).save_pretrained(staging)
     vector = outcome.merge.task_vector
-    vector.metadata.update(scale=main.selection.scale, base_model=str(recipe.model.name_or_path or base_dir))
+    base_model = outcome.original_model.get("base_model") or recipe.model.name_or_path or base_dir
+    vector.metadata.update(scale=main.selection.scale, base_model=str(base_model))
     vector.save(staging / MERGED_VECTOR_NAME)
     summary = metrics_summary(recipe, outcome)
     atomic_write_text(staging / METRICS_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -122,16 +122,20 @@ def _is_hub_id(source: Any) -> bool:
     )
 
 
+class MissingSplitError(ConfigError):
+    """The source has no split of the requested name (callers add which setting named it)."""
+
+
 def _select_split(data: DatasetOrDict, split: str | None, source_name: str) -> DatasetOrDict:
     if split is None:
         return data
     if isinstance(data, datasets.Dataset):
-        raise ConfigError(
+        raise MissingSplitError(
             f"{source_name} holds a single dataset without splits; it has no split {split!r} "
             "(pass split=None, or save a DatasetDict)"
         )
     if split not in data:
-        raise ConfigError(f"{source_name} has no split {split!r}; available splits: {sorted(data)}")
+        raise MissingSplitError(f"{source_name} has no split {split!r}; available splits: {sorted(data)}")
     return data[split]
 
 
@@ -160,7 +164,7 @@ def _load_with_builder(source_name: str, options: LoadOptions, *args: Any, **kwa
         raise ConfigError(f"{source_name} cannot be read: {err.__cause__ or err}") from err
     except ValueError as err:
         if "Unknown split" in str(err):
-            raise ConfigError(f"{source_name}: {err}") from err
+            raise MissingSplitError(f"{source_name}: {err}") from err
         raise
 
 
@@ -246,7 +250,7 @@ def _load_from_hub(repo_id: str, options: LoadOptions) -> DatasetOrDict:
         raise _hub_unavailable(repo_id, reason) from err
     except ValueError as err:
         if "Unknown split" in str(err):
-            raise ConfigError(f"Hub dataset {repo_id!r}: {err}") from err
+            raise MissingSplitError(f"Hub dataset {repo_id!r}: {err}") from err
         raise
 
 
@@ -318,10 +322,21 @@ def label_ids(dataset: datasets.Dataset) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False)
 
 
+def _names_are_ids(names: Sequence[str]) -> bool:
+    """True for names "0", "1", … in id order: they say nothing beyond the position."""
+    return list(names) == [str(index) for index in range(len(names))]
+
+
 def _resolve_class_labels(
     dataset: datasets.Dataset, class_names: Sequence[str] | None, where: str
 ) -> datasets.Dataset:
-    """Make ``label`` a ClassLabel when class names are known (from the feature or given explicitly)."""
+    """Make ``label`` a ClassLabel when class names are known (from the feature or given explicitly).
+
+    Given ``class_names`` name plain integer ids by position. Classes that already have names
+    (a ClassLabel, string labels, image-folder sub-folders) are never renamed by position: the
+    given names must be the same set, and only set the order (labels are remapped by name).
+    The one exception is a ClassLabel named "0", "1", … in id order, whose names are the ids.
+    """
     feature = dataset.features[LABEL_COLUMN]
     if isinstance(feature, datasets.ClassLabel):
         if class_names is None:
@@ -331,7 +346,16 @@ def _resolve_class_labels(
                 f"{where}: {len(class_names)} class_names were given but the label feature has "
                 f"{feature.num_classes} classes ({feature.names})"
             )
-        return dataset.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=list(class_names)))
+        if _names_are_ids(feature.names):
+            return dataset.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=list(class_names)))
+        if set(class_names) != set(feature.names):
+            raise ConfigError(
+                f"{where}: the dataset names its classes {feature.names}; class_names {list(class_names)} "
+                "would rename them by position, which is how labels get scrambled. class_names may only "
+                "reorder the dataset's own names; to rename classes use label_mapping "
+                "(data.label_mapping: {dataset_name: new_name})"
+            )
+        return remap_labels(dataset, list(class_names), where)
     dtype = getattr(feature, "dtype", None)
     if dtype in ("string", "large_string"):
         found = sorted({str(v) for v in label_ids(dataset)})
@@ -349,6 +373,72 @@ def _resolve_class_labels(
         return dataset
     check_labels_in_range(dataset, len(class_names), where)
     return dataset.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=list(class_names)))
+
+
+def remap_labels(dataset: datasets.Dataset, target_names: Sequence[str], where: str) -> datasets.Dataset:
+    """Renumber a ClassLabel ``label`` column by name onto ``target_names`` (a superset of its names).
+
+    Rows keep their order and other columns; only the ids change, so class ``"three"`` keeps its
+    images whatever position it had before.
+    """
+    names = class_names_of(dataset)
+    if names is None:
+        raise ConfigError(f"{where}: the label column has no class names to map by name")
+    target = list(target_names)
+    missing = [name for name in names if name not in target]
+    if missing:
+        raise ConfigError(f"{where}: class(es) {missing} are not among {target}")
+    if names == target:
+        return dataset
+    lookup = np.asarray([target.index(name) for name in names], dtype=np.int64)
+    new_ids = lookup[label_ids(dataset)]
+    # remove + add (not map): the fingerprint stays a hash of the ids, the same in every process
+    remapped = dataset.remove_columns(LABEL_COLUMN).add_column(LABEL_COLUMN, new_ids)
+    return remapped.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=target))
+
+
+def align_to_labels(dataset: datasets.Dataset, label_names: Sequence[str], where: str) -> datasets.Dataset:
+    """Map the dataset's classes by name onto a classifier's labels (``label_names`` in id order).
+
+    Plain integer labels are taken as the classifier's label ids. A class the classifier does not
+    know is a ConfigError listing both lists: matching by position is how labels get scrambled.
+    """
+    target = list(label_names)
+    names = class_names_of(dataset)
+    if names is None:
+        check_labels_in_range(dataset, len(target), where)
+        return dataset.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=target))
+    missing = [name for name in names if name not in target]
+    if missing:
+        raise ConfigError(
+            f"{where}: the dataset's {len(names)} classes {names} do not match the model's "
+            f"{len(target)} labels {target}; not among the model's labels: {missing}. Labels are matched "
+            "by name: map them with data.label_mapping: {dataset_name: model_label}, or set "
+            "model.replace_head: true (with original.train: true) to train a new head for the dataset's classes"
+        )
+    return remap_labels(dataset, target, where)
+
+
+def rename_classes(dataset: datasets.Dataset, mapping: Mapping[str, str], where: str) -> datasets.Dataset:
+    """Rename classes by name (``{old: new}``); names not in ``mapping`` stay. Ids are unchanged."""
+    names = class_names_of(dataset)
+    if names is None:
+        raise ConfigError(
+            f"{where}: label_mapping renames classes by name, but the label column has no class names "
+            "(plain integer ids); give class_names for the ids first"
+        )
+    unknown = sorted(set(mapping) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{where}: label_mapping key(s) {unknown} are not classes of the dataset; its classes: {names}"
+        )
+    renamed = [str(mapping.get(name, name)) for name in names]
+    duplicates = sorted({name for name in renamed if renamed.count(name) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"{where}: label_mapping maps several classes onto {duplicates}; merging classes is not supported"
+        )
+    return dataset.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=renamed))
 
 
 # --------------------------------------------------------------------------- validation
@@ -464,6 +554,7 @@ def load_image_dataset(
     validate: bool = True,
     image_check_limit: int | None = DEFAULT_IMAGE_CHECK_LIMIT,
     hub_timeout_s: float = DEFAULT_HUB_TIMEOUT_S,
+    label_mapping: Mapping[str, str] | None = None,
 ) -> DatasetOrDict:
     """Read ``source`` and return it with columns ``image`` (datasets.Image) and ``label``.
 
@@ -471,8 +562,9 @@ def load_image_dataset(
     under ``train/`` and ``test/``), a ``.parquet`` file / folder / list / ``{split: files}`` mapping, or a
     ``save_to_disk`` folder. ``split`` picks one split (a ``Dataset`` is returned), ``None`` keeps all
     (a ``DatasetDict``). ``image_column`` / ``label_column`` are renamed to ``image`` / ``label``.
-    ``class_names`` name the label ids (they override a ClassLabel's names, same count required) and turn
-    string labels into ids. With ``validate`` every split is checked (non-empty, labels in range, the first
+    ``class_names`` name plain integer label ids by position, or set the order of classes that already
+    have names (same names required: a named class is never renamed by position) and turn string labels
+    into ids. ``label_mapping`` ``{old: new}`` renames classes by name. With ``validate`` every split is checked (non-empty, labels in range, the first
     ``image_check_limit`` images decode; None checks all, 0 none). Raises ConfigError or HubUnavailableError.
     """
     if class_names is not None:
@@ -483,7 +575,7 @@ def load_image_dataset(
     name = f"dataset {str(source)!r}" if isinstance(source, (str, os.PathLike)) else "parquet dataset"
     if isinstance(loaded, datasets.Dataset):
         return _standardise(
-            loaded, image_column, label_column, class_names, name, validate, image_check_limit
+            loaded, image_column, label_column, class_names, name, validate, image_check_limit, label_mapping
         )
     standardised = datasets.DatasetDict(
         {
@@ -495,6 +587,7 @@ def load_image_dataset(
                 f"{name} split {split_name!r}",
                 validate,
                 image_check_limit,
+                label_mapping,
             )
             for split_name, part in loaded.items()
         }
@@ -511,9 +604,12 @@ def _standardise(
     where: str,
     validate: bool,
     image_check_limit: int | None,
+    label_mapping: Mapping[str, str] | None = None,
 ) -> datasets.Dataset:
     dataset = _map_columns(dataset, image_column, label_column, where)
     dataset = _resolve_class_labels(dataset, class_names, where)
+    if label_mapping:
+        dataset = rename_classes(dataset, label_mapping, where)
     if validate:
         validate_image_dataset(dataset, where, image_check_limit)
     return dataset

@@ -22,6 +22,8 @@ import torch
 
 from hf_negmerge.data.loading import (
     DEFAULT_IMAGE_CHECK_LIMIT,
+    MissingSplitError,
+    align_to_labels,
     class_names_of,
     label_ids,
     load_image_dataset,
@@ -47,15 +49,43 @@ class DataConfig:
         metadata={"help": "What to forget: 'dataset', 'class' or 'random' (see docs/data.md)."},
     )
     train_split: str = field(default="train", metadata={"help": "Split the model was trained on."})
-    test_split: str = field(default="test", metadata={"help": "Held-out split for reported accuracies."})
+    test_split: str | None = field(
+        default="test",
+        metadata={
+            "help": "Held-out split for reported accuracies; None carves one (test_fraction) from train_split."
+        },
+    )
+    test_fraction: float = field(
+        default=0.2,
+        metadata={"help": "test_split=None: fraction of train_split carved out as the test split."},
+    )
     validation_split: str | None = field(
         default=None,
-        metadata={"help": "'dataset' scenario: a ready validation split; None carves one from train_split."},
+        metadata={
+            "help": "A held-out validation split (every scenario); None carves one (see validation_from)."
+        },
+    )
+    validation_from: str = field(
+        default="train",
+        metadata={
+            "help": "Where validation is carved when validation_split is None: 'train' (authors) or 'test' "
+            "(rows the original model never saw; test numbers are then reported on the rest)."
+        },
     )
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column: str = field(default="label", metadata={"help": "Column holding the class ids or names."})
     class_names: list[str] | None = field(
-        default=None, metadata={"help": "Names of the label ids; None reads them from a ClassLabel feature."}
+        default=None,
+        metadata={
+            "help": "Names of plain integer label ids (by position), or the order of classes the dataset "
+            "already names (same names); never renames named classes. None: from the data."
+        },
+    )
+    label_mapping: dict[str, str] | None = field(
+        default=None,
+        metadata={
+            "help": "Rename classes by name {dataset_name: model_label}, e.g. onto a pretrained model's labels."
+        },
     )
     forget_classes: list[int | str] | None = field(
         default=None, metadata={"help": "'class' scenario: class ids or names to forget."}
@@ -75,7 +105,14 @@ class DataConfig:
     control_test_split: str = field(default="test", metadata={"help": "Control split for reported accuracy."})
     control_validation_split: str | None = field(
         default=None,
-        metadata={"help": "A ready control validation split; None carves one from control_train_split."},
+        metadata={"help": "A ready control validation split; None carves one (see control_validation_from)."},
+    )
+    control_validation_from: str = field(
+        default="train",
+        metadata={
+            "help": "Where control validation is carved: 'train' (control_train_split) or 'test' "
+            "(control_test_split; control accuracy is then reported on the rest)."
+        },
     )
     control_image_column: str = field(
         default="image", metadata={"help": "Image column of the control dataset."}
@@ -108,6 +145,26 @@ class DataConfig:
             raise ConfigError(f"DataConfig.scenario={self.scenario!r} is not one of {sorted(SCENARIOS)}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConfigError(f"DataConfig.validation_fraction={self.validation_fraction} must be in (0, 1)")
+        for key in ("validation_from", "control_validation_from"):
+            if getattr(self, key) not in ("train", "test"):
+                raise ConfigError(f"DataConfig.{key}={getattr(self, key)!r} must be 'train' or 'test'")
+        for key, split in (
+            ("validation", self.validation_split),
+            ("control_validation", self.control_validation_split),
+        ):
+            if split is not None and getattr(self, f"{key}_from") == "test":
+                raise ConfigError(
+                    f"DataConfig.{key}_split={split!r} and {key}_from='test' both say where validation "
+                    "comes from; set only one"
+                )
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"DataConfig.test_fraction={self.test_fraction} must be in (0, 1)")
+        if self.label_mapping is not None:
+            if not isinstance(self.label_mapping, dict):
+                raise ConfigError(
+                    f"DataConfig.label_mapping must map dataset class names to model labels, got {self.label_mapping!r}"
+                )
+            self.label_mapping = {str(key): str(value) for key, value in self.label_mapping.items()}
         if self.validation_max < 1:
             raise ConfigError(f"DataConfig.validation_max={self.validation_max} must be at least 1")
         if self.max_samples is not None and self.max_samples < 1:
@@ -167,6 +224,9 @@ class UnlearningData:
     control_test: datasets.Dataset | None = None  # reported control accuracy
     control_class_names: list[str] | None = None
     forget_classes: list[int] | None = None  # 'class' scenario: the forgotten class ids
+    validation_source: str = ""  # where the validation rows came from (reports say which)
+    validation_warning: str | None = None  # set by callers that know what θ₀ was trained on
+    test_carved: bool = False  # the test split was carved from train_split (test_split=None)
 
     SPLIT_NAMES = (
         "forget_train",
@@ -196,6 +256,10 @@ class UnlearningData:
             summary["forget_classes"] = [names[i] if names else i for i in self.forget_classes]
         if self.control_class_names is not None:
             summary["control_num_classes"] = len(self.control_class_names)
+        if self.validation_source:
+            summary["validation_source"] = self.validation_source
+        if self.validation_warning:
+            summary["validation_warning"] = self.validation_warning
         return summary
 
 
@@ -258,18 +322,34 @@ class _Source:
     label_column: str
     class_names: list[str] | None
     role: str
+    label_mapping: dict[str, str] | None = None
+    label_names: list[str] | None = None  # the classifier's labels: classes are mapped onto them by name
 
 
-def _load_split(config: DataConfig, source: _Source, split: str) -> datasets.Dataset:
-    dataset = load_image_dataset(
-        source.source,
-        split=split,
-        image_column=source.image_column,
-        label_column=source.label_column,
-        class_names=source.class_names,
-        validate=False,  # validated below, after capping, so tiny runs stay cheap
-    )
+def _load_split(config: DataConfig, source: _Source, split: str, key: str) -> datasets.Dataset:
+    """One split, with labels mapped by name onto ``source.label_names``; ``key`` names the setting."""
+    try:
+        dataset = load_image_dataset(
+            source.source,
+            split=split,
+            image_column=source.image_column,
+            label_column=source.label_column,
+            class_names=source.class_names,
+            validate=False,  # validated below, after capping, so tiny runs stay cheap
+            label_mapping=source.label_mapping,
+        )
+    except MissingSplitError as error:
+        hint = {
+            "data.test_split": " (or data.test_split: null to carve a test split from data.train_split)",
+            "data.validation_split": " (or data.validation_split: null to carve validation)",
+            "data.control_validation_split": " (or data.control_validation_split: null to carve it)",
+        }.get(key, "")
+        raise ConfigError(
+            f"{str(error).rstrip('.')}. Set the recipe key {key} to one of the splits{hint}."
+        ) from error
     where = f"{source.role} dataset {str(source.source)!r} split {split!r}"
+    if source.label_names is not None:
+        dataset = align_to_labels(dataset, source.label_names, where)
     if SOURCE_INDEX_COLUMN not in dataset.column_names:
         dataset = dataset.add_column(SOURCE_INDEX_COLUMN, np.arange(len(dataset), dtype=np.int64))
     dataset = _cap(dataset, config.max_samples, config.seed)
@@ -316,11 +396,15 @@ def _control_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Data
         config.control_class_names,
         "control",
     )
-    test = _load_split(config, control, config.control_test_split)
+    test = _load_split(config, control, config.control_test_split, "data.control_test_split")
     if config.control_validation_split is not None:
-        val = _load_split(config, control, config.control_validation_split)
+        val = _load_split(config, control, config.control_validation_split, "data.control_validation_split")
+    elif config.control_validation_from == "test":
+        test, val = carve_validation(
+            test, config.validation_fraction, config.validation_max, config.seed, "control test split"
+        )
     else:
-        train = _load_split(config, control, config.control_train_split)
+        train = _load_split(config, control, config.control_train_split, "data.control_train_split")
         _, val = carve_validation(
             train, config.validation_fraction, config.validation_max, config.seed, "control train split"
         )
@@ -329,12 +413,18 @@ def _control_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Data
 
 # --------------------------------------------------------------------------- scenarios
 
-ScenarioBuilder = Callable[[DataConfig, datasets.Dataset, datasets.Dataset], dict[str, Any]]
+ScenarioBuilder = Callable[
+    [DataConfig, datasets.Dataset, datasets.Dataset, datasets.Dataset | None], dict[str, Any]
+]
 SCENARIOS: dict[str, ScenarioBuilder] = {}
 
 
 def register_scenario(name: str) -> Callable[[ScenarioBuilder], ScenarioBuilder]:
-    """Add a scenario: a function (config, train, test) -> UnlearningData fields."""
+    """Add a scenario: a function (config, train, test, validation) -> UnlearningData fields.
+
+    ``validation`` is a held-out validation split (named, or carved from test) or None, in which
+    case the scenario carves its validation rows from ``train``.
+    """
 
     def register(builder: ScenarioBuilder) -> ScenarioBuilder:
         SCENARIOS[name] = builder
@@ -344,11 +434,12 @@ def register_scenario(name: str) -> Callable[[ScenarioBuilder], ScenarioBuilder]
 
 
 @register_scenario("dataset")
-def _dataset_scenario(config: DataConfig, train: datasets.Dataset, test: datasets.Dataset) -> dict[str, Any]:
-    """Forget the whole dataset; validation is carved from train (10%, ≤5000) unless a split is given."""
-    if config.validation_split is not None:
-        forget_train = train
-        forget_val = _load_split(config, _forget_source(config), config.validation_split)
+def _dataset_scenario(
+    config: DataConfig, train: datasets.Dataset, test: datasets.Dataset, validation: datasets.Dataset | None
+) -> dict[str, Any]:
+    """Forget the whole dataset; validation is carved from train (10%, ≤5000) unless one is given."""
+    if validation is not None:
+        forget_train, forget_val = train, validation
     else:
         forget_train, forget_val = carve_validation(
             train, config.validation_fraction, config.validation_max, config.seed, "forget train split"
@@ -357,7 +448,9 @@ def _dataset_scenario(config: DataConfig, train: datasets.Dataset, test: dataset
 
 
 @register_scenario("class")
-def _class_scenario(config: DataConfig, train: datasets.Dataset, test: datasets.Dataset) -> dict[str, Any]:
+def _class_scenario(
+    config: DataConfig, train: datasets.Dataset, test: datasets.Dataset, validation: datasets.Dataset | None
+) -> dict[str, Any]:
     """Forget some classes: forget_* hold their rows, retain_* the other classes' rows."""
     class_names = class_names_of(train)
     forget = resolve_forget_classes(
@@ -373,12 +466,25 @@ def _class_scenario(config: DataConfig, train: datasets.Dataset, test: datasets.
     if in_train.all():
         raise ConfigError("every train row belongs to a forget class: nothing is left to retain")
     forget_pool, retain_pool = _rows_where(train, in_train), _rows_where(train, ~in_train)
-    forget_train, forget_val = carve_validation(
-        forget_pool, config.validation_fraction, config.validation_max, config.seed, "forget-class train rows"
-    )
-    _, retain_val = carve_validation(
-        retain_pool, config.validation_fraction, config.validation_max, config.seed, "retain-class train rows"
-    )
+    if validation is not None:
+        in_val = np.isin(label_ids(validation), forget)
+        forget_train = forget_pool
+        forget_val, retain_val = _rows_where(validation, in_val), _rows_where(validation, ~in_val)
+    else:
+        forget_train, forget_val = carve_validation(
+            forget_pool,
+            config.validation_fraction,
+            config.validation_max,
+            config.seed,
+            "forget-class train rows",
+        )
+        _, retain_val = carve_validation(
+            retain_pool,
+            config.validation_fraction,
+            config.validation_max,
+            config.seed,
+            "retain-class train rows",
+        )
     return {
         "forget_train": forget_train,
         "forget_val": forget_val,
@@ -392,8 +498,14 @@ def _class_scenario(config: DataConfig, train: datasets.Dataset, test: datasets.
 
 
 @register_scenario("random")
-def _random_scenario(config: DataConfig, train: datasets.Dataset, test: datasets.Dataset) -> dict[str, Any]:
-    """Forget a random ``forget_fraction`` of train; accuracies on the forgotten samples themselves."""
+def _random_scenario(
+    config: DataConfig, train: datasets.Dataset, test: datasets.Dataset, validation: datasets.Dataset | None
+) -> dict[str, Any]:
+    """Forget a random ``forget_fraction`` of train; accuracies on the forgotten samples themselves.
+
+    forget_val is always a slice of the forget set (the samples to forget are training rows); a
+    given validation split replaces the retain validation rows.
+    """
     total = len(train)
     size = int(total * config.forget_fraction)
     if size < 1 or size >= total:
@@ -407,9 +519,12 @@ def _random_scenario(config: DataConfig, train: datasets.Dataset, test: datasets
     _, forget_val = carve_validation(
         forget_set, config.validation_fraction, config.validation_max, config.seed, "forget set"
     )
-    _, retain_val = carve_validation(
-        retain_set, config.validation_fraction, config.validation_max, config.seed, "retain set"
-    )
+    if validation is not None:
+        retain_val = validation
+    else:
+        _, retain_val = carve_validation(
+            retain_set, config.validation_fraction, config.validation_max, config.seed, "retain set"
+        )
     return {
         "forget_train": forget_set,
         "forget_val": forget_val,
@@ -421,23 +536,60 @@ def _random_scenario(config: DataConfig, train: datasets.Dataset, test: datasets
     }
 
 
-def _forget_source(config: DataConfig) -> _Source:
-    return _Source(config.dataset, config.image_column, config.label_column, config.class_names, "forget")
+def _forget_source(config: DataConfig, label_names: Sequence[str] | None = None) -> _Source:
+    return _Source(
+        config.dataset,
+        config.image_column,
+        config.label_column,
+        config.class_names,
+        "forget",
+        config.label_mapping,
+        list(label_names) if label_names is not None else None,
+    )
 
 
-def build_unlearning_data(config: DataConfig) -> UnlearningData:
-    """Load, validate and split the data of one unlearning run (deterministic given ``config.seed``)."""
-    source = _forget_source(config)
-    train = _load_split(config, source, config.train_split)
-    test = _load_split(config, source, config.test_split)
-    class_names = _class_names_agree({config.train_split: train, config.test_split: test}, "forget")
-    fields = SCENARIOS[config.scenario](config, train, test)
+def build_unlearning_data(config: DataConfig, label_names: Sequence[str] | None = None) -> UnlearningData:
+    """Load, validate and split the data of one unlearning run (deterministic given ``config.seed``).
+
+    ``label_names``: a classifier's labels in id order (a pretrained model's ``id2label``); the
+    forget dataset's classes are then mapped onto them by name, and forget classes resolve against them.
+    """
+    source = _forget_source(config, label_names)
+    train = _load_split(config, source, config.train_split, "data.train_split")
+    if config.test_split is None:
+        train, test = carve_validation(
+            train, config.test_fraction, len(train), config.seed, f"train split {config.train_split!r}"
+        )
+        test_name = (
+            f"a test split carved from {config.train_split!r} (data.test_fraction={config.test_fraction})"
+        )
+    else:
+        test = _load_split(config, source, config.test_split, "data.test_split")
+        test_name = f"test split {config.test_split!r}"
+    validation = None
+    if config.validation_split is not None:
+        validation = _load_split(config, source, config.validation_split, "data.validation_split")
+        validation_source = f"validation split {config.validation_split!r}"
+    elif config.validation_from == "test":
+        test, validation = carve_validation(
+            test, config.validation_fraction, config.validation_max, config.seed, test_name
+        )
+        validation_source = f"carved from {test_name}; test numbers are on the rest"
+    else:
+        validation_source = f"carved from train split {config.train_split!r}"
+    if config.scenario == "random" and validation is not None:
+        validation_source = f"retain: {validation_source}; forget: carved from the forget set"
+    parts = {"train": train, "test": test} | ({"validation": validation} if validation is not None else {})
+    class_names = _class_names_agree(parts, "forget")
+    fields = SCENARIOS[config.scenario](config, train, test, validation)
     if config.control_dataset is not None:
         fields["control_val"], fields["control_test"], fields["control_class_names"] = _control_splits(config)
     data = UnlearningData(
         scenario=config.scenario,
         class_names=class_names,
-        num_classes=_num_classes(class_names, train, test),
+        num_classes=len(label_names) if label_names is not None else _num_classes(class_names, train, test),
+        validation_source=validation_source,
+        test_carved=config.test_split is None,
         **fields,
     )
     for name, split in data.splits().items():

@@ -6,6 +6,7 @@ lets an offline machine fail in milliseconds with a message that says what to do
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -103,3 +104,55 @@ def fetch_file(source: WeightsSource, filename: str) -> Path | None:
         if source.load_kwargs.get("local_files_only"):
             return None
         raise
+
+
+WEIGHT_FILE_PATTERNS = (
+    "*.safetensors",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.safetensors.index.json",
+    "*.bin.index.json",
+)
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """sha256 over a model folder's weight files (names and contents, sorted by name).
+
+    Two folders hash alike exactly when they hold the same weight bytes, whatever their paths:
+    this is what tells a replaced model apart from the one a run was built on.
+    """
+    root = Path(folder)
+    files = sorted(
+        {path for pattern in WEIGHT_FILE_PATTERNS for path in root.glob(pattern) if path.is_file()}
+    )
+    if not files:
+        raise CheckpointError(f"{root} holds no weight files ({', '.join(WEIGHT_FILE_PATTERNS)}).")
+    digest = hashlib.sha256()
+    for path in files:
+        file_digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                file_digest.update(chunk)
+        digest.update(f"{path.name}\0{file_digest.hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def source_weights_sha256(source: WeightsSource) -> str:
+    """:func:`weights_sha256` of a resolved source; a Hub id is hashed from its (cached) snapshot.
+
+    For a Hub id only the safetensors files are fetched when there are any (what transformers
+    loads), so repositories that also carry .bin copies are not downloaded twice.
+    """
+    if source.is_local:
+        return weights_sha256(source.location)
+    from huggingface_hub import snapshot_download
+
+    options = {
+        key: value for key, value in source.load_kwargs.items() if key in ("revision", "local_files_only")
+    }
+    for patterns in (["*.safetensors", "*.safetensors.index.json"], list(WEIGHT_FILE_PATTERNS)):
+        folder = snapshot_download(source.location, allow_patterns=patterns, **options)
+        if any(path.is_file() for pattern in patterns for path in Path(folder).glob(pattern)):
+            return weights_sha256(folder)
+    raise CheckpointError(f"{source.location!r} has no weight files ({', '.join(WEIGHT_FILE_PATTERNS)}).")

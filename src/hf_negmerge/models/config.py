@@ -79,6 +79,13 @@ class ModelConfig:
     init_seed: int = field(
         default=0, metadata={"help": "Seed of the random initialisation of tiny models (reproducible θ₀)."}
     )
+    replace_head: bool = field(
+        default=False,
+        metadata={
+            "help": "ViT: replace a pretrained head whose labels differ from the data's classes with a new, "
+            "randomly initialised one (only sensible when θ₀ is then trained here, original.train: true)."
+        },
+    )
 
     def __post_init__(self) -> None:
         from .base import CLASSIFIER_REGISTRY  # the registry imports this module
@@ -119,9 +126,13 @@ class ModelConfig:
                 raise ConfigError(
                     f"Prompt template {template!r} must be a string with exactly one '{{}}' for the class name."
                 )
-        for flag in ("freeze_attention", "train_projection", "trust_remote_code"):
+        for flag in ("freeze_attention", "train_projection", "trust_remote_code", "replace_head"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"ModelConfig.{flag} must be True or False, got {getattr(self, flag)!r}.")
+        if self.replace_head and self.architecture == "clip":
+            raise ConfigError(
+                "ModelConfig.replace_head applies to ViT only: a CLIP's zero-shot head is built from the class names."
+            )
         if self.dtype not in WEIGHT_DTYPES:
             raise ConfigError(f"ModelConfig.dtype={self.dtype!r} is not one of {sorted(WEIGHT_DTYPES)}.")
         if isinstance(self.init_seed, bool) or not isinstance(self.init_seed, int):

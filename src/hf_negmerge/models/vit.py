@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoImageProcessor, ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
 
 from ..errors import ConfigError
 from ._source import WeightsSource
@@ -30,6 +36,13 @@ def _label_maps(class_names: list[str]) -> dict[str, Any]:
         "id2label": dict(enumerate(class_names)),
         "label2id": {name: index for index, name in enumerate(class_names)},
     }
+
+
+def pretrained_labels(source: WeightsSource) -> list[str]:
+    """The head's labels of a pretrained ViT folder or Hub id, in id order (its config's id2label)."""
+    config = AutoConfig.from_pretrained(source.location, **source.load_kwargs)
+    id2label = {int(key): str(value) for key, value in (config.id2label or {}).items()}
+    return [id2label.get(index, f"LABEL_{index}") for index in range(config.num_labels)]
 
 
 def _reject_clip_only_switches(config: ModelConfig) -> None:
@@ -85,14 +98,30 @@ class ViTClassifier(ImageClassifier):
         cls, source: WeightsSource, config: ModelConfig, class_names: list[str]
     ) -> ViTClassifier:
         _reject_clip_only_switches(config)
-        # A head of another size (e.g. ImageNet's 1000 classes) is re-initialised for class_names.
-        model = ViTForImageClassification.from_pretrained(
+        labels = pretrained_labels(source)
+        if labels != class_names and not config.replace_head:
+            raise ConfigError(
+                f"{source.location!r} has a classification head for {len(labels)} labels {labels}, but "
+                f"{len(class_names)} classes {class_names} were asked for. Labels are matched by name "
+                "(data.label_mapping maps dataset classes onto the model's labels); set "
+                "model.replace_head: true to replace the head with a new one (then train θ₀ here, "
+                "original.train: true)."
+            )
+        model, info = ViTForImageClassification.from_pretrained(
             source.location,
             dtype=config.torch_dtype,
-            ignore_mismatched_sizes=True,
+            ignore_mismatched_sizes=config.replace_head,
+            output_loading_info=True,
             **_label_maps(class_names),
             **source.load_kwargs,
         )
+        fresh_head = [key for key in info.get("missing_keys", []) if key.startswith("classifier.")]
+        if fresh_head and not config.replace_head:
+            raise ConfigError(
+                f"{source.location!r} holds no trained classification head ({fresh_head} missing), so it "
+                "would start from a random head at chance level. Set model.replace_head: true and train θ₀ "
+                "here (original.train: true)."
+            )
         processor = AutoImageProcessor.from_pretrained(
             source.location, trust_remote_code=config.trust_remote_code, **source.load_kwargs
         )

@@ -125,9 +125,12 @@ def prepare_original_model(
             f"prepare_original_model needs epochs ≥ 1, learning_rate > 0, batch_size ≥ 1; "
             f"got {epochs}, {learning_rate}, {batch_size}."
         )
+    model_settings = model_config.to_dict()
+    if not model_settings.get("replace_head"):  # added later: off keeps earlier cache keys valid
+        model_settings.pop("replace_head", None)
     settings = {
         "version": _RECIPE_VERSION,
-        "model_config": model_config.to_dict(),
+        "model_config": model_settings,
         "class_names": names,
         "data_fingerprint": getattr(dataset, "_fingerprint", None) or str(len(dataset)),
         "epochs": epochs,
@@ -136,6 +139,11 @@ def prepare_original_model(
         "weight_decay": weight_decay,
         "seed": seed,
     }
+    if model_config.name_or_path is not None:  # the same path may later hold other weights
+        from ..models._source import resolve_weights_source, source_weights_sha256
+
+        source = resolve_weights_source(model_config.name_or_path, model_config.revision)
+        settings["source_sha256"] = source_weights_sha256(source)
     digest = hashlib.sha256(canonical_json(settings).encode("utf-8")).hexdigest()[:12]
     target = Path(output_dir) / f"{model_config.architecture}-{digest}"
     if (target / PRETRAIN_RECORD_FILE).is_file():

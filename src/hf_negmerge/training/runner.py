@@ -10,6 +10,8 @@ Layout of `output_dir`:
     runs/<id>/task_vector.safetensors   τ = θ_run − θ₀ (kept when keep_task_vectors)
     runs/<id>/checkpoint/          the fine-tuned classifier (when keep_checkpoints)
     runs/<id>/run.json             written last: the run finished
+    inputs.json                    what the runs were built from: θ₀'s weight hash, the forget
+                                   set's fingerprint, each run's hyperparameters (checked on resume)
 
 A run folder is built in a temporary sibling and renamed into place, so a killed run leaves
 only a `.<id>.tmp-*` folder, removed on rerun. The accumulator records the ids it has folded
@@ -51,6 +53,7 @@ PARAMS_FILE = "params.json"
 TASK_VECTOR_FILE = "task_vector.safetensors"
 CHECKPOINT_DIR = "checkpoint"
 RUN_RECORD_FILE = "run.json"
+INPUTS_FILE = "inputs.json"
 
 
 @dataclass
@@ -101,8 +104,10 @@ class GridRunner:
         shard: bool = True,
         progress: bool = True,
         teardown: bool | None = None,
+        base_description: str | None = None,
     ) -> None:
         self.base_classifier_dir = Path(base_classifier_dir)
+        self.base_description = base_description or str(self.base_classifier_dir)
         self.points = as_grid_points(grid_points)
         self.output_dir = Path(output_dir)
         self.merge_config = merge_config or NegMergeConfig()
@@ -215,6 +220,7 @@ class GridRunner:
             shutil.rmtree(stale, ignore_errors=True)
         for stale in runs.glob(".*.old-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        self._check_inputs(runs)
         accumulator = self._load_accumulator()
         folded = set(accumulator.run_ids)
         unknown = sorted(folded - set(self.by_id))
@@ -247,6 +253,59 @@ class GridRunner:
                 f"{runs} are missing; restore them or start a new output_dir."
             )
         return accumulator, _Plan(train=train, fold_from_disk=fold_from_disk, reused=reused)
+
+    def _inputs(self) -> dict[str, Any]:
+        from ..models._source import weights_sha256
+
+        return {
+            "original": {"sha256": weights_sha256(self.base_classifier_dir), "source": self.base_description},
+            "forget_train": {
+                "fingerprint": getattr(self.forget_train, "_fingerprint", None),
+                "rows": len(self.forget_train),
+            },
+            "runs": {point.id: point.to_dict() for point in self.points},
+        }
+
+    def _check_inputs(self, runs: Path) -> None:
+        """Refuse to resume runs built from another θ₀, forget set or hyperparameters; record them.
+
+        Without this a rerun into the same folder after replacing the model would merge the old
+        runs' task vectors onto the new θ₀ and report it as such.
+        """
+        path = self.output_dir / INPUTS_FILE
+        current = json.loads(json.dumps(self._inputs()))  # the form it is compared in after a reload
+        if path.is_file():
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+            changes = []
+            old, new = recorded["original"], current["original"]
+            if old["sha256"] != new["sha256"]:
+                changes.append(
+                    f"θ₀ weights changed: {old['sha256'][:16]} → {new['sha256'][:16]} "
+                    f"(was {old['source']}; now {new['source']})"
+                )
+            old, new = recorded["forget_train"], current["forget_train"]
+            if old != new:
+                changes.append(
+                    f"forget set changed: fingerprint {old['fingerprint']} ({old['rows']} rows) → "
+                    f"{new['fingerprint']} ({new['rows']} rows)"
+                )
+            for run_id, settings in current["runs"].items():
+                before = recorded["runs"].get(run_id)
+                if before is not None and before != settings:
+                    changes.append(f"grid run {run_id!r} settings changed: {before} → {settings}")
+            if changes:
+                raise ConfigError(
+                    f"{self.output_dir} holds runs trained from other inputs: "
+                    + "; ".join(changes)
+                    + ". Choose another output_dir (the runs here belong to the earlier inputs)."
+                )
+            current["runs"] = {**recorded["runs"], **current["runs"]}
+        elif any(runs.glob(f"*/{RUN_RECORD_FILE}")):
+            raise ConfigError(
+                f"{runs} holds finished runs but no {INPUTS_FILE}, so what they were trained from cannot "
+                "be checked. Choose another output_dir."
+            )
+        atomic_write_text(path, json.dumps(current, indent=2, ensure_ascii=False) + "\n")
 
     def _load_accumulator(self) -> MergeAccumulator:
         path = self.output_dir / ACCUMULATOR_FILE
