@@ -17,7 +17,6 @@ INSTALL_REQUIRES = [
     "huggingface_hub>=1.0",
     "safetensors>=0.4.3",
     "scikit-learn>=1.3",
-    "kornia>=0.7",
     "matplotlib>=3.7",
     "numpy>=1.24",
     "pillow>=10.0",

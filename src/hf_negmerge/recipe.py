@@ -429,9 +429,12 @@ def check_sources(recipe: UnlearnRecipe) -> list[str]:
     not check (Hub ids: `--dry-run` downloads nothing).
     """
     data = recipe.data
-    forget_splits = {"data.train_split": data.train_split, "data.test_split": data.test_split}
-    if data.validation_split is not None:
-        forget_splits["data.validation_split"] = data.validation_split
+    named = {
+        "data.train_split": data.train_split,
+        "data.test_split": data.test_split,  # None: carved from train (data.test_fraction)
+        "data.validation_split": data.validation_split,
+    }
+    forget_splits = {key: split for key, split in named.items() if split is not None}
     output = Path(recipe.output_dir).expanduser()
     if output.exists() and not output.is_dir():
         raise ConfigError(
@@ -444,7 +447,7 @@ def check_sources(recipe: UnlearnRecipe) -> list[str]:
         control_splits = {"data.control_test_split": data.control_test_split}
         if data.control_validation_split is not None:
             control_splits["data.control_validation_split"] = data.control_validation_split
-        else:
+        elif data.control_validation_from == "train":
             control_splits["data.control_train_split"] = data.control_train_split
         notes += _check_dataset("data.control_dataset", data.control_dataset, control_splits)
     return notes

@@ -20,8 +20,9 @@ class ImageClassificationCollator:
     """Preprocess a list of dataset rows into model inputs.
 
     ``processor_fn`` maps a list of PIL images to a float tensor ``[B, C, H, W]`` (for example a
-    classifier's ``preprocess``); ``transform`` is an optional batched tensor augmentation (kornia)
-    applied after preprocessing, so it runs on whole batches instead of image by image.
+    classifier's ``preprocess``, or a training transform from ``training.augment`` that crops and
+    augments each PIL image itself); ``transform`` is an optional batched tensor transform applied
+    after preprocessing, so it runs on whole batches instead of image by image.
     ``image_mode`` converts every image first (``"RGB"`` lets grayscale data such as the built-in digits
     feed RGB models; None leaves images untouched).
     """

@@ -1,6 +1,15 @@
 """Training stage: the hyperparameter grid, augmentation, the fine-tuning loop and the grid runner."""
 
-from .augment import AUGMENTATIONS, RANDAUGMENT_POLICY, RandAugment, build_augmentation, register_augmentation
+from .augment import (
+    AUGMENTATIONS,
+    RAND_AUGMENT_OPS,
+    ImageNetTrainTransform,
+    ImageSpec,
+    PadCropFlipTransform,
+    RandAugment,
+    build_augmentation,
+    register_augmentation,
+)
 from .grid import (
     CLIP_EPOCHS_BY_DATASET,
     GRID_PRESETS,
@@ -21,11 +30,14 @@ __all__ = [
     "CLIP_EPOCHS_BY_DATASET",
     "GRID_PRESETS",
     "PRETRAIN_RECIPES",
-    "RANDAUGMENT_POLICY",
+    "RAND_AUGMENT_OPS",
     "GridPoint",
     "GridResult",
     "GridRunner",
     "GridSpec",
+    "ImageNetTrainTransform",
+    "ImageSpec",
+    "PadCropFlipTransform",
     "RandAugment",
     "TrainingHyperparameters",
     "as_grid_points",

@@ -82,7 +82,7 @@ class TrainingHyperparameters:
     randaugment_magnitude: int | None = field(
         default=None,
         metadata={
-            "help": "RandAugment magnitude m on the 0..30 scale (the paper uses 1..10); None: no augmentation."
+            "help": "RandAugment magnitude m on timm's 0..10 scale (the paper uses 1..10); None: no augmentation."
         },
     )
     randaugment_num_ops: int | None = field(
@@ -133,8 +133,8 @@ class TrainingHyperparameters:
                 f"got magnitude={magnitude!r}, num_ops={num_ops!r}; set both or neither.",
             )
         if magnitude is not None:
-            # kornia's RandAugment takes m strictly inside (0, 30) (torchvision's 31 magnitude bins).
-            self.randaugment_magnitude = _integer("randaugment_magnitude", magnitude, minimum=1, maximum=29)
+            # timm clips every drawn magnitude to 10, so a larger m would silently act as 10.
+            self.randaugment_magnitude = _integer("randaugment_magnitude", magnitude, minimum=0, maximum=10)
             self.randaugment_num_ops = _integer("randaugment_num_ops", num_ops, minimum=1)
 
     def _check_lora(self) -> None:

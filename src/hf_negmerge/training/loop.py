@@ -1,9 +1,10 @@
 """One fine-tuning run on the forget set, accelerate-native.
 
 AdamW, linear warm-up then cosine (or linear) decay, gradient clipping, gradient accumulation,
-accelerate's mixed precision, label-smoothed cross-entropy and optional RandAugment, all from
-one `TrainingHyperparameters`. The run is reproducible from its `seed`: the global torch
-generator (dropout, augmentation) and the shuffling generator are both seeded from it.
+accelerate's mixed precision, label-smoothed cross-entropy and optional RandAugment (the authors'
+timm pipeline, `augment.py`), all from one `TrainingHyperparameters`. The run is reproducible
+from its `seed`: the global torch generator (dropout), the shuffling generator and the
+augmentation's own generator are all seeded from it.
 
 Two ways to use several processes:
 - `data_parallel=True` (default): `accelerator.prepare` wraps the model in DDP and shards the
@@ -17,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from .augment import build_augmentation
+from .augment import ImageSpec, build_augmentation
 from .grid import TrainingHyperparameters, WarmupWarning
 
 StepCallback = Callable[[int, float], None]
@@ -81,14 +82,18 @@ def finetune(
             f"{type(classifier).__name__} has no trainable parameter after setup; nothing to fine-tune."
         )
 
-    collator = ImageClassificationCollator(classifier.preprocess)
+    distributed = data_parallel and accelerator.num_processes > 1
+    # Augmented runs replace the processor's resize/crop with the random crop (PIL, per image).
+    augmentation = build_augmentation(
+        hyperparameters, image_spec(classifier), stream=accelerator.process_index if distributed else 0
+    )
+    collator = ImageClassificationCollator(augmentation or classifier.preprocess)
     loader = make_dataloader(
         dataset, collator, batch_size=hyperparameters.batch_size, shuffle=True, seed=hyperparameters.seed
     )
     optimizer = torch.optim.AdamW(
         parameters, lr=hyperparameters.learning_rate, weight_decay=hyperparameters.weight_decay
     )
-    distributed = data_parallel and accelerator.num_processes > 1
     if distributed:
         model, optimizer, loader = accelerator.prepare(classifier, optimizer, loader)
     else:
@@ -106,9 +111,6 @@ def finetune(
             stacklevel=2,
         )
     scheduler = _build_scheduler(hyperparameters, optimizer.optimizer, total_steps)
-    augmentation = build_augmentation(hyperparameters, *image_normalization(classifier))
-    if augmentation is not None:
-        augmentation = augmentation.to(accelerator.device)
     loss_function = nn.CrossEntropyLoss(label_smoothing=hyperparameters.label_smoothing)
 
     model.train()
@@ -126,9 +128,6 @@ def finetune(
             is_step = index + 1 == group_start + group_size
             pixel_values = batch["pixel_values"].to(accelerator.device)
             labels = batch["labels"].to(accelerator.device)
-            if augmentation is not None:
-                with torch.no_grad():
-                    pixel_values = augmentation(pixel_values)
             sync = contextlib.nullcontext() if is_step or not distributed else accelerator.no_sync(model)
             with sync:
                 with accelerator.autocast():
@@ -158,12 +157,19 @@ def finetune(
     return classifier
 
 
-def image_normalization(classifier: nn.Module) -> tuple[Sequence[float] | None, Sequence[float] | None]:
-    """The (mean, std) the classifier's image processor normalises with, so augmentation can undo it."""
+def image_spec(classifier: nn.Module) -> ImageSpec:
+    """Size and normalisation of the classifier's processor, so augmented batches match its inputs."""
+    from ..models.base import processor_image_size
+
     processor = getattr(classifier, "image_processor", None)
-    if processor is None or not getattr(processor, "do_normalize", True):
-        return None, None
-    return getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    if processor is None:
+        raise ConfigError(
+            f"{type(classifier).__name__} has no image_processor; augmentation needs its size and mean/std."
+        )
+    mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    if not getattr(processor, "do_normalize", True) or mean is None or std is None:
+        return ImageSpec(processor_image_size(processor))
+    return ImageSpec(processor_image_size(processor), tuple(mean), tuple(std))
 
 
 def _resolve_accelerator(
