@@ -13,6 +13,7 @@ from ..checkpoints import (
     atomic_write_text,
     check_no_overlap,
     check_output_dir,
+    remove_stale_staging,
 )
 from ..config import NegMergeConfig
 from ..errors import ConfigError
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     )
     inputs = [("base", args.base), *(("fine-tuned run", path) for path in args.finetuned)]
     check_no_overlap(args.out, inputs)
+    remove_stale_staging(args.out)  # a killed run's leftovers (may put back an old output)
     if os.path.isdir(args.out) and not args.overwrite:
         raise FileExistsError(f"Output folder {args.out} exists; pass --overwrite to replace it.")
     check_output_dir(args.out, args.overwrite, OUTPUT_MARKER)
