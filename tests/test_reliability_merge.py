@@ -410,6 +410,7 @@ def check_mode(env: Env) -> None:
     os.umask(mask)
     for folder in (env.root / "out", env.root / "out" / "unlearned_model"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask, folder
+    assert not list((env.root / "out").rglob(".hf_negmerge_staging.json"))  # owner records stay in staging
     manifest = json.loads((env.root / "out" / OUTPUT_MARKER).read_text())
     assert "merged_task_vector.safetensors" in manifest["files"]
     assert "unlearned_model/model.safetensors" in manifest["files"]
@@ -456,6 +457,17 @@ def write_config(text: str) -> Callable[[Env], None]:
 def vector_with_metadata(raw: str) -> Callable[[Env], None]:
     def setup(env: Env) -> None:
         save_file({"w": torch.ones(2)}, env.root / "tv.safetensors", metadata={"hf_negmerge": raw})
+
+    return setup
+
+
+def accumulator_state(raw: str) -> Callable[[Env], None]:
+    def setup(env: Env) -> None:
+        save_file(
+            {"w::total": torch.ones(2)},
+            env.root / "state.safetensors",
+            metadata={"hf_negmerge_accumulator": raw},
+        )
 
     return setup
 
@@ -858,6 +870,15 @@ CASES: list[Case] = [
         ),
         kind="api",
         error=ConfigError,
+    ),
+    Case(
+        "accumulator-state-corrupt",
+        lambda e: hf_negmerge.MergeAccumulator.load(e.root / "state.safetensors"),
+        2,
+        "state.safetensors: corrupt MergeAccumulator state header",
+        setup=accumulator_state('{"config": {"density": "x"}}'),
+        kind="api",
+        error=CheckpointError,
     ),
     Case(
         "vector-metadata-not-json",

@@ -70,6 +70,8 @@ class _SafetensorsFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
+            with path.open("rb"):  # an unreadable file is named as such, not as a corrupt header
+                pass
             self._handle = safe_open(str(path), framework="pt", backend="pread")
             self.metadata: dict[str, str] = dict(self._handle.metadata() or {})
             self.entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
@@ -431,7 +433,6 @@ def atomic_output_dir(
         if owned_marker is not None and not (staging / owned_marker).exists():
             _write_marker(staging, owned_marker)
         check_output_dir(target, overwrite, owned_marker)  # another process may have made it meanwhile
-        (staging / _STAGING_OWNER).unlink()
         _publish(staging, target)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
@@ -444,14 +445,21 @@ def atomic_output_dir(
 
 
 def _publish(staging: Path, target: Path) -> None:
-    if not os.path.lexists(target):
+    """Move `staging` to `target`; an old `target` is first retired into an owned `.old-` folder.
+
+    The staging folder keeps its owner record until it has landed, so a kill between the two
+    renames leaves only owned leftovers: the next run puts the old output back and removes
+    the staging copy.
+    """
+    if os.path.lexists(target):
+        retired = Path(tempfile.mkdtemp(prefix=f".{_short_name(target.name)}.old-", dir=target.parent))
+        _write_owner(retired)
+        os.replace(target, retired / target.name)
         os.replace(staging, target)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{_short_name(target.name)}.old-", dir=target.parent))
-    _write_owner(retired)
-    os.replace(target, retired / target.name)
-    os.replace(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+    (target / _STAGING_OWNER).unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

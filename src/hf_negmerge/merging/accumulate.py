@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import CheckpointReader, save_safetensors
 from ..config import NegMergeConfig
-from ..errors import CheckpointError, MergeError
+from ..errors import CheckpointError, ConfigError, MergeError
 from ..task_vector import TaskVector, check_compatible, check_finite, select_keys
 from .base import TensorMerger, get_merge_method
 from .stats import MergeStats, TensorStats
@@ -130,11 +130,15 @@ class MergeAccumulator:
         raw = reader.metadata.get(_STATE_METADATA_KEY)
         if raw is None:
             raise CheckpointError(f"{path} is not a saved MergeAccumulator state.")
-        header = json.loads(raw)
-        accumulator = cls(NegMergeConfig.from_dict(header["config"]))
-        accumulator.squared_norms = list(header["squared_norms"])
-        accumulator.run_ids = list(header["run_ids"])
-        for key in header["keys"]:
+        try:
+            header = json.loads(raw)
+            accumulator = cls(NegMergeConfig.from_dict(header["config"]))
+            accumulator.squared_norms = list(header["squared_norms"])
+            accumulator.run_ids = list(header["run_ids"])
+            keys = list(header["keys"])
+        except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as error:
+            raise CheckpointError(f"{path}: corrupt MergeAccumulator state header ({error}).") from error
+        for key in keys:
             merger = accumulator.method.merger(accumulator.config)
             merger.load_state(
                 {name: reader[f"{key}::{name}"] for name in merger.state_fields}, accumulator.count
