@@ -15,7 +15,7 @@ INSTALL_REQUIRES = [
     "datasets>=3.0",
     "evaluate>=0.4.3",
     "huggingface_hub>=1.0",
-    "safetensors>=0.4.3",
+    "safetensors>=0.8.0",  # safe_open(backend="pread"): validated headers, nothing mapped
     "scikit-learn>=1.3",
     "matplotlib>=3.7",
     "numpy>=1.24",

@@ -10,7 +10,9 @@ peak cannot leak into another's:
   ``safetensors.torch.load_file``, keep all task vectors, then per key ``torch.stack``, sign,
   unanimous mask, mean;
 * ``peft``  — ``peft.utils.merge_utils.ties(..., density=1.0, majority_sign_method="total")``
-  key by key over task tensors made from fully loaded state dicts.
+  key by key over task tensors made from fully loaded state dicts;
+* ``ours-baseline`` — ``merge_checkpoints`` of another version (``--baseline-src``), e.g. to
+  compare two readers or merge cores in one run.
 
 ``--prototype`` adds ``ours-fused``, a streaming merge written here (not in the package) that
 shows what a faster merge core costs; see docs/benchmarks.md. Correctness is checked in the
@@ -19,6 +21,7 @@ kept an element (unanimous elements are a subset of TIES' majority with the same
 
     python benchmarks/merge_bench.py                 # N = 2, 8, 30 at ViT-B size (≈11 GB disk)
     python benchmarks/merge_bench.py --quick         # seconds: tiny ViT, N = 2, 4
+    python benchmarks/merge_bench.py --methods ours,ours-baseline --baseline-src /tmp/old/src
 """
 
 from __future__ import annotations
@@ -138,28 +141,17 @@ def _run_peft(base: str, finetuned: list[str]) -> dict:
 def _run_ours_fused(base: str, finetuned: list[str]) -> dict:
     """Prototype of a leaner streaming core (see docs/benchmarks.md, "What dominates").
 
-    Same algorithm, same one-tensor-per-run memory profile as `merge_checkpoints`, fewer passes
-    over each tensor: reads into uninitialised tensors (no zero-filled bytearray), subtracts in
-    place, takes the finiteness test from the float32 norm it needs anyway (a NaN/Inf makes the
-    norm non-finite; only then is the exact `isfinite` scan run), and keeps the sign sum in
-    float32 with a reused scratch buffer instead of `sign().to(int16)` per run.
+    Same algorithm, same one-tensor-per-run memory profile as `merge_checkpoints`, and the same
+    reader (`CheckpointReader`: safetensors' `safe_open` with the pread backend), fewer passes
+    over each tensor: the finiteness test comes from the float32 norm it needs anyway (a NaN/Inf
+    makes the norm non-finite; only then is the exact `isfinite` scan run), and the sign sum is
+    kept in float32 with a reused scratch buffer instead of `sign().to(int16)` per run.
     """
     import math
 
     import torch
 
     from hf_negmerge.checkpoints import CheckpointReader
-
-    def read(reader: CheckpointReader, key: str) -> torch.Tensor:
-        handle = reader._safetensors[key]
-        dtype, shape, begin, end = handle.entries[key]
-        tensor = torch.empty(shape, dtype=dtype)
-        view = memoryview(tensor.numpy()).cast("B")
-        with handle.path.open("rb", buffering=0) as stream:
-            done = 0
-            while done < end - begin:
-                done += os.preadv(stream.fileno(), [view[done:]], handle._data_start + begin + done)
-        return tensor
 
     base_reader = CheckpointReader(base)
     readers = [CheckpointReader(folder) for folder in finetuned]
@@ -169,12 +161,12 @@ def _run_ours_fused(base: str, finetuned: list[str]) -> dict:
     for key in base_reader:
         if not base_reader.dtype(key).is_floating_point:
             continue
-        base_tensor = read(base_reader, key).float()
+        base_tensor = base_reader[key].float()
         total = torch.zeros_like(base_tensor)
         sign_sum = torch.zeros_like(base_tensor)  # exact integers up to 2**24 runs
         scratch = torch.empty_like(base_tensor)
         for index, reader in enumerate(readers):
-            task = read(reader, key).float().sub_(base_tensor)
+            task = torch.sub(reader[key].float(), base_tensor)
             norm = float(torch.linalg.vector_norm(task))
             if not math.isfinite(norm) and not bool(torch.isfinite(task).all()):
                 raise ValueError(f"{reader.path_of(key)}: tensor '{key}' contains NaN or Inf values.")
@@ -187,6 +179,7 @@ def _run_ours_fused(base: str, finetuned: list[str]) -> dict:
 
 METHODS: dict[str, Callable[[str, list[str]], dict]] = {
     "ours": _run_ours,
+    "ours-baseline": _run_ours,  # the same call, importing hf_negmerge from --baseline-src
     "naive": _run_naive,
     "peft": _run_peft,
     "ours-fused": _run_ours_fused,
@@ -195,6 +188,7 @@ METHODS: dict[str, Callable[[str, list[str]], dict]] = {
 # modules each method needs, imported before the clock starts so import cost is not timed
 METHOD_IMPORTS: dict[str, tuple[str, ...]] = {
     "ours": ("hf_negmerge.merging",),
+    "ours-baseline": ("hf_negmerge.merging",),
     "naive": ("safetensors.torch",),
     "peft": ("peft.utils.merge_utils", "safetensors.torch"),
     "ours-fused": ("hf_negmerge.checkpoints",),
@@ -210,6 +204,7 @@ def _measure(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     for module in METHOD_IMPORTS[spec["method"]]:
         importlib.import_module(module)
+    package = sys.modules.get("hf_negmerge")
     imported_rss = _peak_rss_mb()
     start, cpu_start = time.perf_counter(), time.process_time()
     merged = METHODS[spec["method"]](spec["base"], spec["finetuned"])
@@ -227,6 +222,7 @@ def _measure(spec: dict) -> dict:
         "imported_rss_mb": imported_rss,
         "kept": kept,
         "numel": numel,
+        "package": str(Path(package.__file__).parent) if package else None,
     }
 
 
@@ -273,10 +269,16 @@ WORKER_TASKS: dict[str, Callable[[dict], dict]] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _spawn(task: str, **spec: object) -> dict:
-    """Run one worker task in a fresh interpreter; its last stdout line is the JSON answer."""
+def _spawn(task: str, source: Path | None = None, **spec: object) -> dict:
+    """Run one worker task in a fresh interpreter; its last stdout line is the JSON answer.
+
+    `source`: a `src` folder put first on PYTHONPATH, so the worker imports that hf_negmerge.
+    """
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({"task": task, **spec})]
-    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    env = None
+    if source is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])}
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False, env=env)
     if completed.returncode != 0:
         raise RuntimeError(f"worker '{task}' failed with exit code {completed.returncode}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -337,6 +339,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=2048,
         help="skip a load-everything run that would leave less",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="a src/ folder of another hf-negmerge version for the 'ours-baseline' method "
+        "(e.g. from `git archive COMMIT src | tar -x -C /tmp/old`)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -349,6 +358,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [name for name in args.methods if name not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if "ours-baseline" in args.methods and args.baseline_src is None:
+        parser.error("method 'ours-baseline' needs --baseline-src")
     if args.hidden_size % args.heads:
         parser.error(f"--hidden-size {args.hidden_size} is not divisible by {args.heads} heads")
     return args
@@ -361,7 +372,7 @@ def _estimated_mb(method: str, count: int, checkpoint_mb: float) -> float:
 
 def _table(rows: list[dict], idle_mb: float, checkpoint_mb: float) -> str:
     header = (
-        f"{'N':>3}  {'method':<10} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'RSS/ckpt':>9} "
+        f"{'N':>3}  {'method':<13} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'RSS/ckpt':>9} "
         f"{'(RSS-idle)/ckpt':>16} {'naive/ours':>11}"
     )
     lines = [header, "-" * len(header)]
@@ -369,13 +380,13 @@ def _table(rows: list[dict], idle_mb: float, checkpoint_mb: float) -> str:
     naive_wall = {row["n"]: row["wall_s"] for row in rows if row["method"] == "naive" and "wall_s" in row}
     for row in rows:
         if "skipped" in row:
-            lines.append(f"{row['n']:>3}  {row['method']:<10} skipped: {row['skipped']}")
+            lines.append(f"{row['n']:>3}  {row['method']:<13} skipped: {row['skipped']}")
             continue
         ratio = ""
         if row["method"] == "ours" and row["n"] in naive_wall:
             ratio = f"{naive_wall[row['n']] / ours_wall[row['n']]:.2f}x"
         lines.append(
-            f"{row['n']:>3}  {row['method']:<10} {row['wall_s']:>8.2f} {row['cpu_s']:>8.2f} {row['peak_rss_mb']:>12.0f} "
+            f"{row['n']:>3}  {row['method']:<13} {row['wall_s']:>8.2f} {row['cpu_s']:>8.2f} {row['peak_rss_mb']:>12.0f} "
             f"{row['peak_rss_mb'] / checkpoint_mb:>9.2f} {(row['peak_rss_mb'] - idle_mb) / checkpoint_mb:>16.2f} "
             f"{ratio:>11}"
         )
@@ -444,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = root / f"result-{method}-{count}.safetensors"
                 measured = _spawn(
                     "measure",
+                    source=args.baseline_src if method == "ours-baseline" else None,
                     method=method,
                     base=str(root / "base"),
                     finetuned=finetuned,

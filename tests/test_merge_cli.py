@@ -235,8 +235,16 @@ def test_existing_output_is_kept_without_overwrite(two_vit_runs, capsys):
     (root / "out" / "keep.txt").write_text("mine")
     assert _merge(root, root / "ft0", root / "ft1") == 2
     assert (root / "out" / "keep.txt").read_text() == "mine"
+    # --overwrite replaces only an earlier merge output, never a folder the tool did not write
+    assert _merge(root, root / "ft0", root / "ft1", extra=("--overwrite",)) == 2
+    assert "not written by hf-negmerge" in capsys.readouterr().err
+    assert (root / "out" / "keep.txt").read_text() == "mine"
+    (root / "out" / "keep.txt").unlink()
+    assert _merge(root, root / "ft0", root / "ft1") == 2  # empty now, but exists: still needs --overwrite
     assert _merge(root, root / "ft0", root / "ft1", extra=("--overwrite",)) == 0
-    assert not (root / "out" / "keep.txt").exists()
+    first = (root / "out" / "merged_task_vector.safetensors").read_bytes()
+    assert _merge(root, root / "ft1", root / "ft0", extra=("--overwrite",)) == 0
+    assert (root / "out" / "merged_task_vector.safetensors").read_bytes() != first  # metadata names the order
 
 
 def test_interrupt_mid_merge_leaves_no_output(two_vit_runs, monkeypatch):

@@ -1,10 +1,14 @@
 """Read and write Hugging Face checkpoint folders one tensor at a time.
 
-Merging 30 checkpoints must not hold 30 models in memory, so the reader parses the safetensors
-header itself and reads each tensor with a positioned read into a fresh buffer: nothing stays
-mapped, and peak memory is one tensor per open checkpoint rather than one model.
+Merging 30 checkpoints must not hold 30 models in memory, so safetensors files are read with
+the library's `safe_open` and its `pread` backend: each tensor lands in a fresh buffer, nothing
+stays mapped, and peak memory is one tensor per open checkpoint rather than one model.
+Every tensor a reader returns belongs to the caller (tied `.bin` entries are copied on read),
+so changing it in place can never alter another key or a later read.
+
 Writes go to a temporary sibling first and are renamed into place, so an interrupted run never
-leaves a half-written file or folder behind.
+leaves a half-written file or folder behind; `atomic_output_dir` replaces an existing folder
+only when it carries the marker this tool writes into its own outputs.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ import contextlib
 import json
 import os
 import shutil
-import struct
+import socket
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
-from .errors import CheckpointError
+from .errors import CheckpointError, NegMergeError, OutputError
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -39,8 +44,9 @@ _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "I8": torch.int8,
     "U8": torch.uint8,
     "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 def _current_umask() -> int:
@@ -53,69 +59,55 @@ _UMASK = _current_umask()
 
 
 class _SafetensorsFile:
-    """One safetensors file: header parsed once, tensors read on demand with `os.pread`."""
+    """One safetensors file opened with the library's own `safe_open` (pread backend).
+
+    The library validates the header (offsets in range, contiguous, not overlapping, sizes that
+    match shape and dtype) exactly as every other safetensors reader does; the `pread` backend
+    reads each tensor into a fresh buffer, so nothing stays mapped and peak memory is one tensor
+    per open file. Shapes and dtypes come from the header without reading any data.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            with path.open("rb") as handle:
-                prefix = handle.read(8)
-                if len(prefix) != 8:
+            with path.open("rb"):  # an unreadable file is named as such, not as a corrupt header
+                pass
+            self._handle = safe_open(str(path), framework="pt", backend="pread")
+            self.metadata: dict[str, str] = dict(self._handle.metadata() or {})
+            self.entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+            for key in self._handle.offset_keys():  # file order: reads run front to back
+                info = self._handle.get_slice(key)
+                dtype = _SAFETENSORS_DTYPES.get(info.get_dtype())
+                if dtype is None:
                     raise CheckpointError(
-                        f"{path}: not a safetensors file (shorter than its 8-byte header length)."
+                        f"{path}: tensor '{key}' has dtype {info.get_dtype()!r}, which hf-negmerge does not handle."
                     )
-                (header_size,) = struct.unpack("<Q", prefix)
-                if header_size > _MAX_HEADER_BYTES:
-                    raise CheckpointError(f"{path}: corrupt safetensors header (claims {header_size} bytes).")
-                header = json.loads(handle.read(header_size))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({error}).") from error
+                self.entries[key] = (dtype, tuple(info.get_shape()))
+        except SafetensorError as error:
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header or truncated file ({error})."
+            ) from error
         except OSError as error:
-            raise CheckpointError(f"{path}: cannot be read ({error}).") from error
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        self._data_start = 8 + header_size
-        file_size = path.stat().st_size
-        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
-        for key, info in header.items():
-            dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
-            if dtype is None:
-                raise CheckpointError(f"{path}: tensor '{key}' has unsupported dtype {info.get('dtype')!r}.")
-            begin, end = info["data_offsets"]
-            shape = tuple(info["shape"])
-            expected = _numel(shape) * torch.empty((), dtype=dtype).element_size()
-            if end - begin != expected or self._data_start + end > file_size:
-                raise CheckpointError(
-                    f"{path}: tensor '{key}' is truncated or corrupt "
-                    f"(needs {expected} bytes at offset {begin}, file has {file_size} bytes)."
-                )
-            self.entries[key] = (dtype, shape, begin, end)
+            raise CheckpointError(f"{path}: cannot be read ({error.strerror or error}).") from error
 
     def read(self, key: str) -> torch.Tensor:
-        dtype, shape, begin, end = self.entries[key]
-        if end == begin:
-            return torch.empty(shape, dtype=dtype)
-        buffer = torch.empty(end - begin, dtype=torch.uint8)  # uninitialised: preadv fills it
-        view = memoryview(buffer.numpy())
-        with self.path.open("rb", buffering=0) as handle:
-            offset, position = 0, self._data_start + begin
-            while offset < len(view):
-                count = os.preadv(handle.fileno(), [view[offset:]], position + offset)
-                if count == 0:
-                    raise CheckpointError(f"{self.path}: tensor '{key}' ends before its data does.")
-                offset += count
-        return buffer.view(dtype).reshape(shape)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
+        """A tensor in a buffer of its own: the caller may change it freely."""
+        try:
+            return self._handle.get_tensor(key)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{self.path}: tensor '{key}' cannot be read ({error}).") from error
 
 
 def resolve_weight_files(path: str | Path) -> list[Path]:
     """The weight files of a checkpoint folder (single or sharded), or the file itself."""
     path = Path(path)
+    try:
+        return _resolve_weight_files(path)
+    except OSError as error:  # e.g. a folder without read or search permission
+        raise CheckpointError(f"Checkpoint {path} cannot be read ({error.strerror or error}).") from error
+
+
+def _resolve_weight_files(path: Path) -> list[Path]:
     if not path.exists():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     if path.is_file():
@@ -125,7 +117,7 @@ def resolve_weight_files(path: str | Path) -> list[Path]:
         if index_path.is_file():
             try:
                 weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
                 raise CheckpointError(f"{index_path}: corrupt shard index ({error}).") from error
             shards = [path / name for name in sorted(set(weight_map.values()))]
             missing = [str(shard) for shard in shards if not shard.is_file()]
@@ -148,7 +140,12 @@ class CheckpointReader(Mapping[str, torch.Tensor]):
 
     Keys are the names on disk (the checkpoint key space). Tensors are read when asked for, so
     iterating over keys and reading one at a time keeps memory flat. `.bin` files are loaded
-    whole with `weights_only=True` (they cannot be read lazily).
+    whole with `weights_only=True` (they cannot be read lazily). Every file is opened (and its
+    header validated) here, so an unreadable or corrupt input fails before any work.
+
+    Each `reader[key]` is a new tensor owned by the caller: `.bin` entries are cloned on read,
+    because tied weights (e.g. `lm_head.weight` and the embeddings) share one storage and the
+    loaded dict is kept for later reads.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -177,7 +174,7 @@ class CheckpointReader(Mapping[str, torch.Tensor]):
         if key in self._safetensors:
             return self._safetensors[key].read(key)
         if key in self._eager:
-            return self._eager[key]
+            return self._eager[key].clone()
         raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:
@@ -235,36 +232,243 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {key: reader[key] for key in reader}
 
 
-@contextlib.contextmanager
-def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder that replaces `path` only if the block succeeds.
+#: file that marks a folder as an output of this tool; `overwrite` may replace only such folders
+OUTPUT_MARKER = ".hf_negmerge_output.json"
+#: owner record (pid, host) inside staging and retired folders, so a later run can tell a
+#: killed run's leftovers from a live concurrent run's
+_STAGING_OWNER = ".hf_negmerge_staging.json"
+_STAGING_NAME_BYTES = 64  # ".NAME.tmp-XXXXXXXX" must fit the 255-byte file-name limit
+_PATH_MAX = 4096
 
-    An exception or interrupt removes the temporary folder and leaves `path` as it was.
+
+def _short_name(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape")[:_STAGING_NAME_BYTES].decode("utf-8", "ignore")
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def _is_owned(folder: Path, marker: str) -> bool:
+    """True for a folder holding `marker` (written by this tool) or an empty folder."""
+    try:
+        return (folder / marker).is_file() or not any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def check_output_dir(path: str | Path, overwrite: bool = False, owned_marker: str | None = None) -> Path:
+    """Refuse, before any work is done, an output folder that cannot or must not be written.
+
+    Raises `OutputError` (a name or path over the OS limits, a file in the way, a parent that is
+    not writable, or an existing folder without `owned_marker`) or `FileExistsError` (the
+    folder exists and `overwrite` is false).
+    """
+    if str(path) == "":
+        raise OutputError("The output folder is empty (''); give a folder name.")
+    target = Path(path)
+    absolute = Path(os.path.abspath(target))
+    if len(os.fsencode(absolute)) >= _PATH_MAX:
+        raise OutputError(
+            f"Output path {str(target)[:80]}… is {len(os.fsencode(absolute))} bytes long; "
+            f"the OS allows paths of at most {_PATH_MAX - 1} bytes."
+        )
+    ancestor = _existing_ancestor(absolute)
+    name_max = _name_max(ancestor if ancestor.is_dir() else ancestor.parent)
+    for part in absolute.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise OutputError(
+                f"Output path {str(target)[:80]}…: the name {part[:40]!r}… is {len(os.fsencode(part))} "
+                f"bytes long; file names may have at most {name_max} bytes."
+            )
+    if os.path.lexists(target):
+        if not os.path.isdir(target):
+            raise OutputError(f"Output {target} exists and is not a folder; choose another output path.")
+        if not overwrite:
+            raise FileExistsError(
+                f"Output folder {target} already exists; pass overwrite=True to replace it."
+            )
+        if owned_marker is not None and not _is_owned(target, owned_marker):
+            raise OutputError(
+                f"Output folder {target} was not written by hf-negmerge (it has no {owned_marker}); "
+                "refusing to replace it. Choose another output folder, or move it away yourself."
+            )
+        ancestor = _existing_ancestor(absolute.parent)
+    if not ancestor.is_dir():
+        raise OutputError(f"Cannot create {target}: {ancestor} is a file, not a folder.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot create {target}: the folder {ancestor} is not writable.")
+    return target
+
+
+def check_no_overlap(output: str | Path, inputs: Iterable[tuple[str, str | Path]]) -> None:
+    """Refuse an output that is, contains or lies inside an input (symlinks resolved).
+
+    Replacing or filling such a folder would delete or change the inputs, whatever the flags.
+    `inputs` are (description, path) pairs, e.g. ("base", "models/base").
+    """
+    out = Path(os.path.realpath(output))
+    for label, path in inputs:
+        real = Path(os.path.realpath(path))
+        if out == real:
+            relation = "is the same folder as"
+        elif real.is_relative_to(out):
+            relation = "contains"
+        elif out.is_relative_to(real):
+            relation = "lies inside"
+        else:
+            continue
+        raise OutputError(
+            f"The output {output} {relation} the {label} {path}"
+            + (f" (both resolve into {real})" if relation == "is the same folder as" else "")
+            + "; writing there could delete or change an input. Choose an output folder outside every input."
+        )
+
+
+def _write_owner(folder: Path) -> None:
+    record = {"tool": "hf-negmerge", "pid": os.getpid(), "host": socket.gethostname()}
+    (folder / _STAGING_OWNER).write_text(json.dumps(record), encoding="utf-8")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _is_stale(folder: Path) -> bool:
+    """A staging/retired folder of this tool whose creating process (on this host) is gone."""
+    try:
+        record = json.loads((folder / _STAGING_OWNER).read_text(encoding="utf-8"))
+        pid, host, tool = int(record["pid"]), record["host"], record["tool"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # not ours, or being written right now: leave it
+    return tool == "hf-negmerge" and host == socket.gethostname() and not _process_alive(pid)
+
+
+def remove_stale_staging(path: str | Path) -> list[Path]:
+    """Clean up after a killed run writing `path`: its `.NAME.tmp-*` and `.NAME.old-*` folders.
+
+    Only folders that carry this tool's owner record and whose process is gone are touched; a
+    live concurrent run's staging folder is left alone. A retired old output whose replacement
+    never landed (killed between the two renames) is moved back to `path`.
     """
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"Output folder {target} already exists; pass overwrite=True to replace it.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    short = _short_name(target.name)
+    try:
+        entries = sorted(target.parent.iterdir())
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        kind = next((k for k in ("tmp", "old") if entry.name.startswith(f".{short}.{k}-")), None)
+        if kind is None or entry.is_symlink() or not entry.is_dir() or not _is_stale(entry):
+            continue
+        if kind == "old" and not os.path.lexists(target) and (entry / target.name).is_dir():
+            os.replace(entry / target.name, target)
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _write_marker(staging: Path, marker: str) -> None:
+    from . import __version__
+
+    files = sorted(
+        str(item.relative_to(staging))
+        for item in staging.rglob("*")
+        if item.is_file() and item.name != _STAGING_OWNER
+    )
+    record = {"written_by": "hf-negmerge", "version": __version__, "files": files}
+    atomic_write_text(staging / marker, json.dumps(record, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(
+    path: str | Path, overwrite: bool = False, owned_marker: str | None = None
+) -> Iterator[Path]:
+    """Yield a temporary sibling folder that replaces `path` only if the block succeeds.
+
+    An exception or interrupt removes the temporary folder and leaves `path` as it was; an
+    `OSError` in the block (disk full, permissions) becomes an `OutputError` naming `path`.
+    Every check (`check_output_dir`) runs before the block, so nothing is computed for an
+    output that could not be written.
+
+    `owned_marker` names a file that marks the folder as this tool's output: the block may
+    write it (e.g. a model's own metadata file), otherwise a small manifest of the folder's
+    files is written under that name. With it, `overwrite` replaces only a folder that holds
+    that file (or an empty folder), never one the tool did not write. Without it, `overwrite`
+    is only for the caller's own private work folders.
+
+    The folder gets ordinary permissions (0777 & ~umask); staging folders left by a killed
+    run of this tool are removed first (`remove_stale_staging`).
+    """
+    target = check_output_dir(path, overwrite, owned_marker)
+    remove_stale_staging(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{_short_name(target.name)}.tmp-", dir=target.parent))
+        os.chmod(staging, 0o777 & ~_UMASK)
+        _write_owner(staging)
+    except OSError as error:
+        raise OutputError(f"Cannot create the output folder {target} ({error}).") from error
     try:
         yield staging
-    except BaseException:
+        if owned_marker is not None and not (staging / owned_marker).exists():
+            _write_marker(staging, owned_marker)
+        check_output_dir(target, overwrite, owned_marker)  # another process may have made it meanwhile
+        _publish(staging, target)
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and not isinstance(error, NegMergeError | FileExistsError):
+            raise OutputError(
+                f"Writing {target} failed ({error}); nothing was written there and the partial copy "
+                "was removed."
+            ) from error
         raise
-    if target.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move `staging` to `target`; an old `target` is first retired into an owned `.old-` folder.
+
+    The staging folder keeps its owner record until it has landed, so a kill between the two
+    renames leaves only owned leftovers: the next run puts the old output back and removes
+    the staging copy.
+    """
+    if os.path.lexists(target):
+        retired = Path(tempfile.mkdtemp(prefix=f".{_short_name(target.name)}.old-", dir=target.parent))
+        _write_owner(retired)
         os.replace(target, retired / target.name)
         os.replace(staging, target)
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, target)
+    (target / _STAGING_OWNER).unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{_short_name(path.name)}.", suffix=".tmp", dir=path.parent
+    )
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
@@ -285,10 +489,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
 ) -> None:
-    """Atomically write one safetensors file (tensors made contiguous, storage not shared)."""
+    """Atomically write one safetensors file (tensors made contiguous, storage not shared).
+
+    Tied tensors (two keys on one storage) and views into a larger storage are copied, since
+    safetensors refuses shared memory ("Some tensors share memory").
+    """
     from safetensors.torch import save
 
-    payload = {key: tensor.detach().contiguous() for key, tensor in tensors.items()}
+    payload, seen = {}, set()
+    for key, tensor in tensors.items():
+        tensor = tensor.detach().contiguous()
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != tensor.nbytes:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        payload[key] = tensor
     atomic_write_bytes(path, save(payload, metadata=metadata))
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -83,18 +84,17 @@ class NegMergeConfig:
     )
 
     def __post_init__(self) -> None:
+        """Check every field's type and range, naming the field (wrong types included)."""
         from .merging import available_methods  # late import: merging imports this module
 
-        if self.method not in available_methods():
-            raise ConfigError(
-                f"NegMergeConfig.method={self.method!r} is not a known merge method; "
-                f"choose one of {', '.join(available_methods())}."
-            )
+        _check_choice("method", self.method, tuple(available_methods()), "merge method")
+        self.consensus_fraction = _number("consensus_fraction", self.consensus_fraction)
         if not (0.5 < self.consensus_fraction <= 1.0):
             raise ConfigError(
                 f"NegMergeConfig.consensus_fraction={self.consensus_fraction} must be in (0.5, 1]; "
                 "1.0 is the paper's unanimous rule."
             )
+        self.density = _number("density", self.density)
         if not (0.0 < self.density <= 1.0):
             raise ConfigError(f"NegMergeConfig.density={self.density} must be in (0, 1].")
         _check_choice("majority_sign_method", self.majority_sign_method, MAJORITY_SIGN_METHODS)
@@ -105,20 +105,29 @@ class NegMergeConfig:
             if patterns is not None:
                 if isinstance(patterns, str):
                     patterns = [patterns]
-                if not all(isinstance(p, str) and p for p in patterns):
+                if not isinstance(patterns, list | tuple) or not all(
+                    isinstance(p, str) and p for p in patterns
+                ):
                     raise ConfigError(
                         f"NegMergeConfig.{name} must be a list of non-empty strings, got {patterns!r}."
                     )
                 setattr(self, name, list(patterns))
+        if isinstance(self.lambda_grid, str) or not isinstance(self.lambda_grid, list | tuple):
+            raise ConfigError(
+                f"NegMergeConfig.lambda_grid must be a list of numbers λ ≥ 0, got {self.lambda_grid!r}."
+            )
         if not self.lambda_grid:
             raise ConfigError("NegMergeConfig.lambda_grid is empty; give at least one λ.")
-        self.lambda_grid = [float(value) for value in self.lambda_grid]
+        self.lambda_grid = [_number("lambda_grid", value) for value in self.lambda_grid]
         if not all(math.isfinite(value) and value >= 0 for value in self.lambda_grid):
             raise ConfigError(f"NegMergeConfig.lambda_grid must hold finite λ ≥ 0, got {self.lambda_grid}.")
+        self.retain_ratio = _number("retain_ratio", self.retain_ratio)
         if not (0.0 < self.retain_ratio <= 1.0):
             raise ConfigError(f"NegMergeConfig.retain_ratio={self.retain_ratio} must be in (0, 1].")
-        if self.scale is not None and not math.isfinite(self.scale):
-            raise ConfigError(f"NegMergeConfig.scale={self.scale} must be finite.")
+        if self.scale is not None:
+            from .unlearn import check_scale
+
+            self.scale = check_scale(self.scale, "NegMergeConfig.scale")
 
     @property
     def is_unanimous(self) -> bool:
@@ -163,13 +172,27 @@ class NegMergeConfig:
             path = download_file(str(name_or_path), CONFIG_NAME, revision=revision, token=token)
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path} is not valid JSON: {error}") from error
+        except OSError as error:
+            raise ConfigError(f"{path} cannot be read ({error.strerror or error}).") from error
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a JSON object, got {type(values).__name__}.")
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from error
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"NegMergeConfig.{name}={value!r} is not one of {', '.join(choices)}.")
+def _check_choice(name: str, value: object, choices: tuple[str, ...], what: str = "choice") -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(
+            f"NegMergeConfig.{name}={value!r} is not a known {what}; choose one of {', '.join(choices)}."
+        )
+
+
+def _number(name: str, value: object) -> float:
+    """`value` as a float, or a ConfigError naming the field (bools and strings are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ConfigError(f"NegMergeConfig.{name} must be a number, got {type(value).__name__} {value!r}.")
+    return float(value)

@@ -19,3 +19,7 @@ class MergeError(NegMergeError, ValueError):
 
 class HubUnavailableError(NegMergeError, OSError):
     """The Hugging Face Hub cannot be reached (offline machine, no network, HF_HUB_OFFLINE set)."""
+
+
+class OutputError(NegMergeError, OSError):
+    """An output cannot or must not be written (path too long, not writable, not ours, disk full)."""

@@ -364,6 +364,7 @@ class TaskVector:
 
     @classmethod
     def load(cls, path: str | Path) -> TaskVector:
+        """Read a vector written by `save` (every tensor checked finite, metadata checked)."""
         reader = CheckpointReader(path)
         tensors = {}
         for key in reader:
@@ -371,7 +372,20 @@ class TaskVector:
             check_finite(tensor, key, reader.path)
             tensors[key] = tensor
         raw = reader.metadata.get(_METADATA_KEY)
-        return cls(tensors, json.loads(raw) if raw else None)
+        if not raw:
+            return cls(tensors)
+        try:
+            metadata = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise CheckpointError(
+                f"{reader.path}: the '{_METADATA_KEY}' metadata of this task vector is not valid JSON ({error})."
+            ) from error
+        if not isinstance(metadata, dict):
+            raise CheckpointError(
+                f"{reader.path}: the '{_METADATA_KEY}' metadata of this task vector must be a JSON object, "
+                f"got {type(metadata).__name__}."
+            )
+        return cls(tensors, metadata)
 
 
 def add_scaled(base: torch.Tensor, delta: torch.Tensor, scale: float) -> torch.Tensor:

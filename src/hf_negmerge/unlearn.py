@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+import math
 import shutil
+from numbers import Real
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointReader, atomic_output_dir, resolve_weight_files, save_state_dict
-from .errors import CheckpointError
+from .checkpoints import (
+    OUTPUT_MARKER,
+    CheckpointReader,
+    atomic_output_dir,
+    check_no_overlap,
+    check_output_dir,
+    resolve_weight_files,
+    save_state_dict,
+)
+from .errors import CheckpointError, ConfigError
 from .task_vector import TaskVector, add_scaled, check_compatible
+
+
+def check_scale(scale: object, source: str = "scale") -> float:
+    """λ must be a finite number ≥ 0: θ_u = θ₀ − λ·τ, and λ < 0 would add the forget task vector."""
+    if isinstance(scale, bool) or not isinstance(scale, Real):
+        raise ConfigError(f"{source} must be a number λ ≥ 0, got {type(scale).__name__} {scale!r}.")
+    if not math.isfinite(scale):
+        raise ConfigError(f"{source}={scale} must be finite.")
+    if scale < 0:
+        raise ConfigError(
+            f"{source}={scale} is negative. The unlearned model is θ_u = θ₀ − λ·τ, where τ is what "
+            "fine-tuning on the forget data added; λ < 0 adds it again and strengthens the data to be "
+            "forgotten. Use λ ≥ 0 (0 leaves the model unchanged)."
+        )
+    return float(scale)
 
 
 def unlearn(
@@ -23,7 +48,7 @@ def unlearn(
 
     A state dict in runtime names needs `model=` (see `TaskVector.apply_to`).
     """
-    return merged.apply_to(base, scale=-scale, model=model)
+    return merged.apply_to(base, scale=-check_scale(scale), model=model)
 
 
 def write_unlearned_checkpoint(
@@ -38,11 +63,16 @@ def write_unlearned_checkpoint(
 
     Weights keep the base's names and dtypes; non-float tensors and tensors outside the vector
     are copied unchanged; every non-weight file of the base (config, processor, tokenizer) is
-    copied along. The folder appears only when complete.
+    copied along. The folder appears only when complete, and only if every weight is finite
+    (a huge λ overflows). `overwrite` replaces only an earlier output of this tool; an output
+    that is, contains or lies inside the base is refused.
     """
+    scale = check_scale(scale)
     base_dir = Path(base_dir)
     if not base_dir.is_dir():
         raise CheckpointError(f"Base checkpoint folder {base_dir} does not exist.")
+    check_no_overlap(output_dir, [("base", base_dir)])
+    check_output_dir(output_dir, overwrite, OUTPUT_MARKER)
     reader = CheckpointReader(base_dir)
     missing = [key for key in merged if key not in reader]
     if missing:
@@ -55,12 +85,17 @@ def write_unlearned_checkpoint(
         if key in merged.tensors:
             check_compatible(tensor.shape, merged[key].shape, key, base_dir, "merged task vector")
             tensor = add_scaled(tensor, merged[key], -scale)
+            if not torch.isfinite(tensor).all():
+                raise CheckpointError(
+                    f"θ₀ − λ·τ is not finite in tensor '{key}' at λ={scale} (the result overflows "
+                    f"{tensor.dtype}); nothing was written to {output_dir}. Use a smaller λ."
+                )
         state_dict[key] = tensor
     weight_files = {path.name for path in resolve_weight_files(base_dir)} | {
         "model.safetensors.index.json",
         "pytorch_model.bin.index.json",
     }
-    with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+    with atomic_output_dir(output_dir, overwrite=overwrite, owned_marker=OUTPUT_MARKER) as staging:
         for item in base_dir.iterdir():
             if item.is_file() and item.name not in weight_files and not item.name.startswith("."):
                 shutil.copy2(item, staging / item.name)

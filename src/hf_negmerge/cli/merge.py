@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
-from ..checkpoints import atomic_output_dir, atomic_write_text
+from ..checkpoints import (
+    OUTPUT_MARKER,
+    atomic_output_dir,
+    atomic_write_text,
+    check_no_overlap,
+    check_output_dir,
+    remove_stale_staging,
+)
 from ..config import NegMergeConfig
+from ..errors import ConfigError
 from ..merging import available_methods, merge_checkpoints
 from ..task_vector import MERGED_VECTOR_NAME
 from ..unlearn import write_unlearned_checkpoint
 
 STATS_NAME = "merge_stats.json"
 UNLEARNED_SUBDIR = "unlearned_model"
+#: method-specific options (argparse dest) and the methods that read them; giving one to another
+#: method is an error instead of being silently ignored
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "consensus_fraction": ("negmerge",),
+    "density": ("ties",),
+    "majority_sign_method": ("ties",),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,38 +56,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--consensus-fraction",
         type=float,
-        default=1.0,
-        help="negmerge: 1.0 = unanimous (paper); <1 is an extension.",
+        default=None,
+        help="negmerge only: 1.0 = unanimous (paper, default); <1 is an extension.",
     )
     parser.add_argument(
-        "--density", type=float, default=1.0, help="ties: fraction of entries kept per tensor."
+        "--density", type=float, default=None, help="ties only: fraction of entries kept per tensor (1.0)."
     )
     parser.add_argument(
-        "--majority-sign-method", default="total", choices=["total", "frequency"], help="ties."
+        "--majority-sign-method", default=None, choices=["total", "frequency"], help="ties only (total)."
     )
     parser.add_argument("--accumulation-dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--overwrite", action="store_true", help="Replace OUT if it exists.")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace OUT if it is an earlier merge output (never a folder this tool did not write).",
+    )
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, object]:
+    """The method-specific options given on the command line; an error for the wrong method."""
+    given = {name: getattr(args, name) for name in METHOD_OPTIONS if getattr(args, name) is not None}
+    for name in given:
+        if args.method not in METHOD_OPTIONS[name]:
+            option = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{option} only applies to --method {' or '.join(METHOD_OPTIONS[name])}; "
+                f"--method {args.method} ignores it. Drop {option} or change --method."
+            )
+    return given
 
 
 def run(args: argparse.Namespace) -> int:
     config = NegMergeConfig(
         method=args.method,
-        consensus_fraction=args.consensus_fraction,
-        density=args.density,
-        majority_sign_method=args.majority_sign_method,
         include=args.include,
         exclude=args.exclude,
         accumulation_dtype=args.accumulation_dtype,
         scale=args.scale,
+        **_method_options(args),
     )
-    if args.out.exists() and not args.overwrite:
+    inputs = [("base", args.base), *(("fine-tuned run", path) for path in args.finetuned)]
+    check_no_overlap(args.out, inputs)
+    remove_stale_staging(args.out)  # a killed run's leftovers (may put back an old output)
+    if os.path.isdir(args.out) and not args.overwrite:
         raise FileExistsError(f"Output folder {args.out} exists; pass --overwrite to replace it.")
-    result = merge_checkpoints(args.base, args.finetuned, config, progress=not args.no_progress)
-    result.task_vector.metadata.update(
-        base_model=str(args.base), finetuned_models=[str(path) for path in args.finetuned]
-    )
-    with atomic_output_dir(args.out, overwrite=args.overwrite) as staging:
+    check_output_dir(args.out, args.overwrite, OUTPUT_MARKER)
+    # the staging folder exists before the merge starts: a write problem shows up before the work
+    with atomic_output_dir(args.out, overwrite=args.overwrite, owned_marker=OUTPUT_MARKER) as staging:
+        result = merge_checkpoints(args.base, args.finetuned, config, progress=not args.no_progress)
+        result.task_vector.metadata.update(
+            base_model=str(args.base), finetuned_models=[str(path) for path in args.finetuned]
+        )
         result.task_vector.save(staging / MERGED_VECTOR_NAME)
         config.save_pretrained(staging)
         atomic_write_text(staging / STATS_NAME, json.dumps(result.stats.to_dict(), indent=2) + "\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import CheckpointReader, save_safetensors
 from ..config import NegMergeConfig
-from ..errors import CheckpointError, MergeError
+from ..errors import CheckpointError, ConfigError, MergeError
 from ..key_space import KeyNames
 from ..task_vector import TaskVector, check_compatible, check_finite, select_keys
 from .base import TensorMerger, get_merge_method
@@ -138,11 +139,15 @@ class MergeAccumulator:
         raw = reader.metadata.get(_STATE_METADATA_KEY)
         if raw is None:
             raise CheckpointError(f"{path} is not a saved MergeAccumulator state.")
-        header = json.loads(raw)
-        accumulator = cls(NegMergeConfig.from_dict(header["config"]), key_names)
-        accumulator.squared_norms = list(header["squared_norms"])
-        accumulator.run_ids = list(header["run_ids"])
-        for key in header["keys"]:
+        try:
+            header = json.loads(raw)
+            accumulator = cls(NegMergeConfig.from_dict(header["config"]), key_names)
+            accumulator.squared_norms = list(header["squared_norms"])
+            accumulator.run_ids = list(header["run_ids"])
+            keys = list(header["keys"])
+        except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as error:
+            raise CheckpointError(f"{path}: corrupt MergeAccumulator state header ({error}).") from error
+        for key in keys:
             merger = accumulator.method.merger(accumulator.config)
             merger.load_state(
                 {name: reader[f"{key}::{name}"] for name in merger.state_fields}, accumulator.count
@@ -166,6 +171,32 @@ def merge_task_vectors(
     return accumulator.result()
 
 
+def _identity(path: str | Path) -> tuple[int, int] | str:
+    """What makes two paths the same checkpoint: device and inode (symlinks, bind mounts), else the real path."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (status.st_dev, status.st_ino)
+
+
+def check_distinct_inputs(base: str | Path, finetuned: Sequence[str | Path]) -> None:
+    """Refuse a checkpoint given twice, or the base given as a fine-tuned run.
+
+    Either would pass silently and weight one run twice, or add a zero task vector that vetoes
+    every sign consensus.
+    """
+    seen: dict[tuple[int, int] | str, str] = {_identity(base): f"the base {base}"}
+    for path in finetuned:
+        identity = _identity(path)
+        if identity in seen:
+            raise MergeError(
+                f"The fine-tuned run {path} is the same checkpoint as {seen[identity]} "
+                "(same folder, possibly through a symlink); give each run once and not the base."
+            )
+        seen[identity] = f"the fine-tuned run {path}"
+
+
 def merge_checkpoints(
     base: str | Path,
     finetuned: Sequence[str | Path],
@@ -181,6 +212,7 @@ def merge_checkpoints(
     config = config or NegMergeConfig()
     method = get_merge_method(config.method)
     method.check_count(len(finetuned))
+    check_distinct_inputs(base, finetuned)
     base_reader = CheckpointReader(base)
     readers = [CheckpointReader(path) for path in finetuned]
     keys = [
@@ -210,11 +242,14 @@ def merge_checkpoints(
         merger = method.merger(config)
         base_tensor = base_reader[key].to(merger.dtype)
         for index, reader in enumerate(readers):
-            task_tensor = reader[key].to(merger.dtype).sub_(base_tensor)  # fresh buffer: safe in place
+            tuned = reader[key]
+            converted = tuned.to(merger.dtype)
+            # subtract in place only into a copy made here, never into what the reader returned
+            task_tensor = converted.sub_(base_tensor) if converted is not tuned else tuned - base_tensor
             squared_norm = float(torch.linalg.vector_norm(task_tensor, dtype=torch.float64)) ** 2
             if not math.isfinite(squared_norm):  # only now pay for the exact scan that names the culprit
                 check_finite(base_tensor, key, base_reader.path_of(key))
-                check_finite(reader[key], key, reader.path_of(key))
+                check_finite(tuned, key, reader.path_of(key))
             squared_norms[index] += squared_norm
             merger.add(task_tensor)
         tensors[key] = merger.result()

@@ -193,7 +193,8 @@ class ImageClassifier(nn.Module, ABC):
     def save_pretrained(self, directory: str | Path) -> None:
         """Write model + image processor (+ tokenizer) + hf_negmerge_classifier.json, atomically.
 
-        The folder is replaced as a whole, so stale files of an earlier save never linger.
+        The folder is replaced as a whole, so stale files of an earlier save never linger; an
+        existing folder is replaced only if it is empty or an earlier save (holds the metadata file).
         """
         from peft import PeftModel
 
@@ -207,7 +208,7 @@ class ImageClassifier(nn.Module, ABC):
             "class_names": self.class_names,
             **{name: getattr(self.config, name) for name in _SAVED_CONFIG_FIELDS},
         }
-        with atomic_output_dir(directory, overwrite=True) as staging:
+        with atomic_output_dir(directory, overwrite=True, owned_marker=CLASSIFIER_METADATA_FILE) as staging:
             self.model.save_pretrained(staging)
             self.image_processor.save_pretrained(staging)
             self._save_extra(staging)

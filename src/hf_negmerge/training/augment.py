@@ -291,11 +291,15 @@ class ImageNetTrainTransform:
         seed: int = 0,
         stream: int = 0,
         flip_probability: float = 0.5,
+        random_crop: bool = True,
     ) -> None:
         self.spec, self.randaugment, self.flip_probability = spec, randaugment, flip_probability
+        self.random_crop = random_crop
         self.rng = _generator(seed, stream)
 
     def crop_box(self, image: Image.Image) -> tuple[int, int, int, int]:
+        if not self.random_crop:
+            return 0, 0, *image.size
         return random_resized_crop_box(*image.size, self.rng)
 
     def augment(self, image: Image.Image) -> Image.Image:
@@ -378,6 +382,25 @@ def _timm_randaugment(
         hyperparameters.randaugment_magnitude, hyperparameters.randaugment_num_ops, fill=spec.fill
     )
     return ImageNetTrainTransform(spec, randaugment, seed=hyperparameters.seed, stream=stream)
+
+
+@register_augmentation("randaugment")
+def _randaugment_whole_image(
+    hyperparameters: TrainingHyperparameters, spec: ImageSpec, stream: int
+) -> TrainTransform | None:
+    """timm's RandAugment alone, on the whole image resized to the model's size (no crop, no flip).
+
+    For tiny low-resolution images (the built-in 8×8 digits), where a crop down to 8% of the area
+    leaves a pixel or two of the digit and the runs learn nothing about the forget set.
+    """
+    if not hyperparameters.uses_augmentation:
+        return None
+    randaugment = RandAugment(
+        hyperparameters.randaugment_magnitude, hyperparameters.randaugment_num_ops, fill=spec.fill
+    )
+    return ImageNetTrainTransform(
+        spec, randaugment, seed=hyperparameters.seed, stream=stream, flip_probability=0.0, random_crop=False
+    )
 
 
 @register_augmentation("cifar_pad_crop_flip")

@@ -88,6 +88,14 @@ class TrainingHyperparameters:
     randaugment_num_ops: int | None = field(
         default=None, metadata={"help": "RandAugment number of operations n per image (the paper uses 1..3)."}
     )
+    augmentation: str = field(
+        default="timm_randaugment",
+        metadata={
+            "help": "Registered training transform used when RandAugment is set: timm_randaugment (the "
+            "authors': random resized crop, flip, RandAugment), randaugment (RandAugment on the whole "
+            "image: for tiny low-resolution images) or cifar_pad_crop_flip."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seeds shuffling, augmentation and dropout."})
     lora_rank: int | None = field(
         default=None, metadata={"help": "LoRA rank r; None means full fine-tuning of the trainable part."}
@@ -120,6 +128,11 @@ class TrainingHyperparameters:
         if self.grad_clip is not None:
             self.grad_clip = _number("grad_clip", self.grad_clip, minimum=0.0, strict=True)
         _choice("scheduler", self.scheduler, SCHEDULERS)
+        if not isinstance(self.augmentation, str) or not self.augmentation:
+            raise HyperparameterError(
+                "augmentation",
+                f"TrainingHyperparameters.augmentation must be a transform name, got {self.augmentation!r}.",
+            )
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_MODES)
         self._check_randaugment()
         self._check_lora()
@@ -207,6 +220,7 @@ _ID_ABBREVIATIONS: dict[str, str] = {
     "gradient_accumulation_steps": "acc",
     "randaugment_magnitude": "m",
     "randaugment_num_ops": "n",
+    "augmentation": "aug",
     "seed": "s",
     "lora_rank": "r",
     "lora_alpha": "a",

@@ -85,7 +85,10 @@ def finetune(
     distributed = data_parallel and accelerator.num_processes > 1
     # Augmented runs replace the processor's resize/crop with the random crop (PIL, per image).
     augmentation = build_augmentation(
-        hyperparameters, image_spec(classifier), stream=accelerator.process_index if distributed else 0
+        hyperparameters,
+        image_spec(classifier),
+        name=hyperparameters.augmentation,
+        stream=accelerator.process_index if distributed else 0,
     )
     collator = ImageClassificationCollator(augmentation or classifier.preprocess)
     loader = make_dataloader(
