@@ -20,6 +20,7 @@ CONFIG_NAME = "negmerge_config.json"
 
 ACCUMULATION_DTYPES = ("float32", "float64")
 MAJORITY_SIGN_METHODS = ("total", "frequency")
+TIES_VARIANTS = ("original", "peft")
 
 
 @dataclass
@@ -43,14 +44,27 @@ class NegMergeConfig:
             "least ceil(f·n) runs share the sign, still averaging over all n runs."
         },
     )
+    ties_variant: str = field(
+        default="original",
+        metadata={
+            "help": "ties only. 'original' (the paper's baseline, the TIES authors' code): each run "
+            "trimmed over its whole flattened task vector (kthvalue threshold, ties at it kept), sign "
+            "of the summed trimmed entries with exact-zero sums taking the model-wide majority sign, "
+            "mean of the entries of that sign. 'peft': peft.utils.merge_utils.ties per tensor."
+        },
+    )
     density: float = field(
-        default=1.0,
-        metadata={"help": "ties only: fraction of each task tensor's largest-magnitude entries kept."},
+        default=0.2,
+        metadata={
+            "help": "ties only: fraction of each run's largest-magnitude entries kept (over the whole "
+            "model with ties_variant='original', per tensor with 'peft'); 1.0 keeps everything."
+        },
     )
     majority_sign_method: str = field(
         default="total",
         metadata={
-            "help": "ties only: elect the sign of the sum ('total') or of the sign count ('frequency')."
+            "help": "ties only: elect the sign of the sum ('total') or of the sign count ('frequency', "
+            "peft variant only)."
         },
     )
     include: list[str] | None = field(
@@ -98,6 +112,12 @@ class NegMergeConfig:
         if not (0.0 < self.density <= 1.0):
             raise ConfigError(f"NegMergeConfig.density={self.density} must be in (0, 1].")
         _check_choice("majority_sign_method", self.majority_sign_method, MAJORITY_SIGN_METHODS)
+        _check_choice("ties_variant", self.ties_variant, TIES_VARIANTS)
+        if self.method == "ties" and self.ties_variant == "original" and self.majority_sign_method != "total":
+            raise ConfigError(
+                f"NegMergeConfig.majority_sign_method={self.majority_sign_method!r} needs "
+                "ties_variant='peft'; the original TIES elects the sign of the total ('total')."
+            )
         _check_choice("accumulation_dtype", self.accumulation_dtype, ACCUMULATION_DTYPES)
         _check_choice("fallback", self.fallback, tuple(FALLBACKS))
         for name in ("include", "exclude"):
