@@ -44,10 +44,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="negmerge: 1.0 = unanimous (paper); <1 is an extension.",
     )
     parser.add_argument(
-        "--density", type=float, default=1.0, help="ties: fraction of entries kept per tensor."
+        "--ties-variant",
+        default=None,
+        choices=["original", "peft"],
+        help="ties: 'original' (default; the paper's baseline, whole-model trim) or 'peft' (per tensor).",
     )
     parser.add_argument(
-        "--majority-sign-method", default="total", choices=["total", "frequency"], help="ties."
+        "--density", type=float, default=None, help="ties: fraction of each run's entries kept (default 0.2)."
+    )
+    parser.add_argument(
+        "--majority-sign-method",
+        default=None,
+        choices=["total", "frequency"],
+        help="ties (frequency: peft only).",
     )
     parser.add_argument("--accumulation-dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--overwrite", action="store_true", help="Replace OUT if it exists.")
@@ -55,11 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    ties_options = {  # only what was given, so NegMergeConfig's defaults stay the defaults
+        name: getattr(args, name)
+        for name in ("ties_variant", "density", "majority_sign_method")
+        if getattr(args, name) is not None
+    }
     config = NegMergeConfig(
         method=args.method,
         consensus_fraction=args.consensus_fraction,
-        density=args.density,
-        majority_sign_method=args.majority_sign_method,
+        **ties_options,
         include=args.include,
         exclude=args.exclude,
         accumulation_dtype=args.accumulation_dtype,
