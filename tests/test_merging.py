@@ -289,6 +289,36 @@ def test_original_ties_trim_keeps_one_more_than_k_and_every_tie():
     assert int(torch.count_nonzero(merge([tied], "ties", density=0.2))) == 8
 
 
+def test_original_ties_total_elements_count_frozen_tensors_as_zeros():
+    """The authors flatten the whole image encoder, frozen tensors (τ = 0) included: d grows."""
+    runs = dyadic_runs(3, seed=8, positive=0.5)
+    frozen = np.zeros((30, 10))
+    expected = original_ties_reference(
+        [{**{k: v.numpy() for k, v in run.items()}, "frozen.weight": frozen} for run in runs], 0.2
+    )
+    taking_part = sum(value.numel() for value in runs[0].values())
+    config = NegMergeConfig(
+        method="ties", accumulation_dtype="float64", ties_total_elements=taking_part + 300
+    )
+    result = merge_task_vectors([TaskVector(dict(run)) for run in runs], config)
+    for key in runs[0]:
+        np.testing.assert_allclose(result.task_vector[key].numpy(), expected[key], rtol=0, atol=1e-12)
+    without = merge_task_vectors([TaskVector(dict(run)) for run in runs], NegMergeConfig(method="ties"))
+    assert result.stats.kept > without.stats.kept  # more entries kept, as in their code
+    everything = NegMergeConfig(
+        method="ties", ties_total_elements=100 * taking_part
+    )  # rank falls in the zeros
+    kept_all = merge_task_vectors([TaskVector(dict(run)) for run in runs], everything)
+    dense = merge_task_vectors(
+        [TaskVector(dict(run)) for run in runs], NegMergeConfig(method="ties", density=1.0)
+    )
+    assert all(torch.equal(kept_all.task_vector[k], dense.task_vector[k]) for k in runs[0])
+    with pytest.raises(MergeError, match="ties_total_elements=10 is smaller"):
+        merge_task_vectors(
+            [TaskVector(dict(run)) for run in runs], NegMergeConfig(method="ties", ties_total_elements=10)
+        )
+
+
 def test_ties_options_are_checked():
     with pytest.raises(ConfigError, match="ties_variant"):
         NegMergeConfig(method="ties", ties_variant="global")
@@ -296,6 +326,8 @@ def test_ties_options_are_checked():
         NegMergeConfig(method="ties", majority_sign_method="frequency")
     with pytest.raises(ConfigError, match="density"):
         NegMergeConfig(method="ties", density=0.0)
+    with pytest.raises(ConfigError, match="ties_total_elements"):
+        NegMergeConfig(method="ties", ties_total_elements=0)
     assert NegMergeConfig(method="ties").density == 0.2 and NegMergeConfig().ties_variant == "original"
 
 

@@ -60,6 +60,14 @@ class NegMergeConfig:
             "model with ties_variant='original', per tensor with 'peft'); 1.0 keeps everything."
         },
     )
+    ties_total_elements: int | None = field(
+        default=None,
+        metadata={
+            "help": "ties, original variant: d of the whole-model trim. None: the entries of the tensors "
+            "taking part. A larger d counts the rest as zero entries, as the authors' flattened image "
+            "encoder holds frozen tensors (τ = 0) that a merge of the trained tensors leaves out."
+        },
+    )
     majority_sign_method: str = field(
         default="total",
         metadata={
@@ -113,6 +121,15 @@ class NegMergeConfig:
             raise ConfigError(f"NegMergeConfig.density={self.density} must be in (0, 1].")
         _check_choice("majority_sign_method", self.majority_sign_method, MAJORITY_SIGN_METHODS)
         _check_choice("ties_variant", self.ties_variant, TIES_VARIANTS)
+        if self.ties_total_elements is not None and (
+            isinstance(self.ties_total_elements, bool)
+            or not isinstance(self.ties_total_elements, int)
+            or self.ties_total_elements < 1
+        ):
+            raise ConfigError(
+                f"NegMergeConfig.ties_total_elements={self.ties_total_elements!r} must be a positive "
+                "integer (or None)."
+            )
         if self.method == "ties" and self.ties_variant == "original" and self.majority_sign_method != "total":
             raise ConfigError(
                 f"NegMergeConfig.majority_sign_method={self.majority_sign_method!r} needs "

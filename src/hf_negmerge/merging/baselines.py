@@ -61,18 +61,31 @@ def trim_by_magnitude(tensor: torch.Tensor, density: float) -> torch.Tensor:
     return (flat * mask).reshape(tensor.shape)
 
 
-def whole_model_threshold(magnitudes: torch.Tensor, density: float) -> torch.Tensor | None:
+def whole_model_threshold(
+    magnitudes: torch.Tensor, density: float, total_elements: int | None = None
+) -> torch.Tensor | None:
     """The original TIES trim threshold of one run from |τ| over its whole flattened model.
 
     The TIES authors' `topk_values_mask` (copied into MagMax's src/merging/ties.py) takes the
     `(d − int(d·density))`-th smallest magnitude and keeps every entry `>=` it: int(d·density) + 1
     entries when magnitudes are distinct, more on ties. None (keep everything) for density 1,
-    where their code has no valid k.
+    where their code has no valid k. `total_elements` > numel counts the difference as zero
+    entries (tensors in their flattened vector that never change, e.g. frozen ones).
     """
     size = magnitudes.numel()
+    total = size if total_elements is None else total_elements
+    if total < size:
+        raise MergeError(
+            f"NegMergeConfig.ties_total_elements={total_elements} is smaller than the {size} entries "
+            "of the tensors taking part in the merge."
+        )
     if density >= 1.0 or size == 0:
         return None
-    return torch.kthvalue(magnitudes.reshape(-1), size - int(size * density)).values
+    rank = total - int(total * density)  # 1-based, over the d entries in ascending |τ|
+    padding = total - size  # the zero entries sort first
+    if rank <= padding:
+        return magnitudes.new_zeros(())
+    return torch.kthvalue(magnitudes.reshape(-1), rank - padding).values
 
 
 class PeftTiesMerger(TensorMerger):
@@ -214,7 +227,9 @@ class TiesSession(MergeSession):
         if not self.needs_run_pass:
             return
         magnitudes = torch.cat([tensor.to(self.dtype).reshape(-1).abs() for tensor in task_tensors])
-        self.thresholds[run_index] = whole_model_threshold(magnitudes, self.config.density)
+        self.thresholds[run_index] = whole_model_threshold(
+            magnitudes, self.config.density, self.config.ties_total_elements
+        )
 
     def threshold(self, run_index: int) -> torch.Tensor | None:
         if not self.needs_run_pass:
