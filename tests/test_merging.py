@@ -428,3 +428,41 @@ def test_include_exclude_select_tensors():
         merge_task_vectors(vectors, NegMergeConfig(include=["nothing.*"]))
     with pytest.raises(MergeError, match="No tensor"):  # each pattern matches, together they leave nothing
         merge_task_vectors(vectors, NegMergeConfig(include=["a.*"], exclude=["a.*"]))
+
+
+def test_merge_cli_ties_uses_the_config_defaults_and_the_variant_flag(tmp_path):
+    """Unset --density/--ties-variant must mean NegMergeConfig's defaults (original TIES, 0.2)."""
+    from hf_negmerge.cli import main
+
+    runs = dyadic_runs(3, seed=6, positive=0.5)
+    base = {key: torch.zeros_like(value) for key, value in runs[0].items()}
+    _save_folder(tmp_path / "base", base)
+    for index, run in enumerate(runs):
+        _save_folder(tmp_path / f"ft{index}", run)
+    folders = [str(tmp_path / f"ft{index}") for index in range(3)]
+
+    def cli_merge(out, *extra):
+        command = [
+            "merge",
+            "--base",
+            str(tmp_path / "base"),
+            "--finetuned",
+            *folders,
+            "--out",
+            str(tmp_path / out),
+        ]
+        assert main([*command, "--method", "ties", "--no-progress", *extra]) == 0
+        return TaskVector.load(tmp_path / out / "merged_task_vector.safetensors")
+
+    default = cli_merge("default")
+    expected = original_ties_reference([{k: v.numpy() for k, v in run.items()} for run in runs], 0.2)
+    for key, value in expected.items():
+        np.testing.assert_allclose(default[key].double().numpy(), value, rtol=0, atol=1e-6)
+    peft = cli_merge(
+        "peft", "--ties-variant", "peft", "--density", "0.5", "--majority-sign-method", "frequency"
+    )
+    config = NegMergeConfig(method="ties", ties_variant="peft", density=0.5, majority_sign_method="frequency")
+    for key, value in merge_task_vectors(
+        [TaskVector(dict(run)) for run in runs], config
+    ).task_vector.tensors.items():
+        assert torch.equal(peft[key], value)
