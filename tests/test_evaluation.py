@@ -291,6 +291,84 @@ def test_mia_efficacy_from_model_predictions_matches_softmax_reimplementation():
     assert mia_efficacy(results["r"], results["t"], results["f"], seed=None) == pytest.approx(expected)
 
 
+def salun_svc_mia_efficacy(
+    retain_logits, retain_labels, test_logits, test_labels, forget_logits, forget_labels
+):
+    """SalUn's main_random.py + SVC_MIA(...)["confidence"], written out with torch and sklearn:
+    confidence = softmax(logits).gather(label); shadow_train = Subset(retain, range(len(test)));
+    SVC(C=3, gamma="auto") on [shadow_train; test] with labels [1…; 0…]; 1 − mean(predict(forget))."""
+    confidence = {
+        name: torch.gather(torch.softmax(logits, dim=-1), 1, labels[:, None])
+        for name, logits, labels in [
+            ("retain", retain_logits, retain_labels),
+            ("test", test_logits, test_labels),
+            ("forget", forget_logits, forget_labels),
+        ]
+    }
+    shadow_train = confidence["retain"][: len(test_labels)]
+    shadow_test = confidence["test"]
+    features = (
+        torch.cat([shadow_train, shadow_test]).numpy().reshape(len(shadow_train) + len(shadow_test), -1)
+    )
+    targets = np.concatenate([np.ones(len(shadow_train)), np.zeros(len(shadow_test))])
+    attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, targets)
+    return 100.0 * (1 - attack.predict(confidence["forget"].numpy().reshape(len(forget_labels), -1)).mean())
+
+
+def test_mia_efficacy_by_default_is_salun_procedure_with_the_first_retain_rows():
+    generator = torch.Generator().manual_seed(4)
+    labels = {
+        name: torch.randint(0, 5, (n,), generator=generator) for name, n in [("r", 120), ("t", 40), ("f", 50)]
+    }
+    logits = {name: torch.randn(len(labels[name]), 5, generator=generator) for name in labels}
+    # the first 40 retain rows look like test data, the rest like memorised training data: which
+    # rows are the members changes the attack, so the test tells SalUn's choice from a random one
+    logits["r"][40:] += 6.0 * torch.nn.functional.one_hot(labels["r"][40:], 5)
+    logits["f"][:25] += 6.0 * torch.nn.functional.one_hot(labels["f"][:25], 5)
+    splits = {name: Predictions.from_logits(logits[name], labels[name]) for name in labels}
+    expected = salun_svc_mia_efficacy(
+        logits["r"], labels["r"], logits["t"], labels["t"], logits["f"], labels["f"]
+    )
+    assert mia_efficacy(splits["r"], splits["t"], splits["f"]) == pytest.approx(expected, abs=1e-9)
+    metrics = compute_unlearning_metrics(splits["f"], splits["r"], splits["t"])
+    assert metrics.mia_efficacy == pytest.approx(expected, abs=1e-9)
+    assert mia_efficacy(splits["r"], splits["t"], splits["f"], seed=0) != pytest.approx(expected)
+
+
+def test_pipeline_measures_ra_and_mia_members_on_rows_the_original_trained_on(monkeypatch):
+    """θ₀ trains on retain_train minus retain_val; RA and the MIA members must use exactly those rows."""
+    from types import SimpleNamespace
+
+    from hf_negmerge import pipeline
+    from hf_negmerge.data.scenarios import SCENARIOS, SOURCE_INDEX_COLUMN, DataConfig, UnlearningData
+
+    train = datasets.Dataset.from_dict(
+        {"label": [i % 3 for i in range(60)], SOURCE_INDEX_COLUMN: list(range(60))}
+    )
+    test = datasets.Dataset.from_dict(
+        {"label": [i % 3 for i in range(12)], SOURCE_INDEX_COLUMN: list(range(12))}
+    )
+    config = DataConfig(
+        dataset="unused", scenario="random", forget_fraction=0.1, validation_fraction=0.2, seed=0
+    )
+    data = UnlearningData(
+        scenario="random", class_names=None, num_classes=3, **SCENARIOS["random"](config, train, test)
+    )
+    monkeypatch.setattr(pipeline, "encode_split", lambda classifier, split, name, batch_size=256: split)
+    encoded = pipeline._encode_all(
+        None, data, SimpleNamespace(mia_enabled=True, evaluation=SimpleNamespace(batch_size=8))
+    )
+    trained_on = pipeline.original_training_split(SimpleNamespace(), data)[SOURCE_INDEX_COLUMN]
+    held_out = set(data.retain_val[SOURCE_INDEX_COLUMN])
+    forgotten = set(data.forget_train[SOURCE_INDEX_COLUMN])
+    expected = [
+        index for index in range(60) if index not in held_out and index not in forgotten
+    ]  # in row order
+    assert held_out and encoded["retain_train"][SOURCE_INDEX_COLUMN] == expected
+    assert encoded["retain_test"][SOURCE_INDEX_COLUMN] == expected
+    assert set(expected) <= set(trained_on)
+
+
 def test_mia_errors_and_small_retain_warning():
     with pytest.raises(ValueError, match="forget set is empty"):
         mia_efficacy([0.9, 0.8], [0.2, 0.3], [])

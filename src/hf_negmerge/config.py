@@ -21,6 +21,7 @@ CONFIG_NAME = "negmerge_config.json"
 
 ACCUMULATION_DTYPES = ("float32", "float64")
 MAJORITY_SIGN_METHODS = ("total", "frequency")
+TIES_VARIANTS = ("original", "peft")
 
 
 @dataclass
@@ -44,14 +45,35 @@ class NegMergeConfig:
             "least ceil(f·n) runs share the sign, still averaging over all n runs."
         },
     )
+    ties_variant: str = field(
+        default="original",
+        metadata={
+            "help": "ties only. 'original' (the paper's baseline, the TIES authors' code): each run "
+            "trimmed over its whole flattened task vector (kthvalue threshold, ties at it kept), sign "
+            "of the summed trimmed entries with exact-zero sums taking the model-wide majority sign, "
+            "mean of the entries of that sign. 'peft': peft.utils.merge_utils.ties per tensor."
+        },
+    )
     density: float = field(
-        default=1.0,
-        metadata={"help": "ties only: fraction of each task tensor's largest-magnitude entries kept."},
+        default=0.2,
+        metadata={
+            "help": "ties only: fraction of each run's largest-magnitude entries kept (over the whole "
+            "model with ties_variant='original', per tensor with 'peft'); 1.0 keeps everything."
+        },
+    )
+    ties_total_elements: int | None = field(
+        default=None,
+        metadata={
+            "help": "ties, original variant: d of the whole-model trim. None: the entries of the tensors "
+            "taking part. A larger d counts the rest as zero entries, as the authors' flattened image "
+            "encoder holds frozen tensors (τ = 0) that a merge of the trained tensors leaves out."
+        },
     )
     majority_sign_method: str = field(
         default="total",
         metadata={
-            "help": "ties only: elect the sign of the sum ('total') or of the sign count ('frequency')."
+            "help": "ties only: elect the sign of the sum ('total') or of the sign count ('frequency', "
+            "peft variant only)."
         },
     )
     include: list[str] | None = field(
@@ -98,6 +120,21 @@ class NegMergeConfig:
         if not (0.0 < self.density <= 1.0):
             raise ConfigError(f"NegMergeConfig.density={self.density} must be in (0, 1].")
         _check_choice("majority_sign_method", self.majority_sign_method, MAJORITY_SIGN_METHODS)
+        _check_choice("ties_variant", self.ties_variant, TIES_VARIANTS)
+        if self.ties_total_elements is not None and (
+            isinstance(self.ties_total_elements, bool)
+            or not isinstance(self.ties_total_elements, int)
+            or self.ties_total_elements < 1
+        ):
+            raise ConfigError(
+                f"NegMergeConfig.ties_total_elements={self.ties_total_elements!r} must be a positive "
+                "integer (or None)."
+            )
+        if self.method == "ties" and self.ties_variant == "original" and self.majority_sign_method != "total":
+            raise ConfigError(
+                f"NegMergeConfig.majority_sign_method={self.majority_sign_method!r} needs "
+                "ties_variant='peft'; the original TIES elects the sign of the total ('total')."
+            )
         _check_choice("accumulation_dtype", self.accumulation_dtype, ACCUMULATION_DTYPES)
         _check_choice("fallback", self.fallback, tuple(FALLBACKS))
         for name in ("include", "exclude"):

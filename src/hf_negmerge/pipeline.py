@@ -396,6 +396,13 @@ def _encode_all(classifier: Any, data: UnlearningData, recipe: UnlearnRecipe) ->
     if recipe.mia_enabled:
         wanted.append("retain_train")
     splits = data.splits()
+    if data.retain_train is not None and (recipe.mia_enabled or data.retain_test is data.retain_train):
+        # RA and the MIA members are rows θ₀ trained on (SalUn's retain set excludes its validation
+        # rows): drop the retain validation rows, keeping row order (members = the first rows).
+        trained_retain = _retain_without_validation(data)
+        if data.retain_test is data.retain_train:  # 'random': RA is measured on the retain set itself
+            splits["retain_test"] = trained_retain
+        splits["retain_train"] = trained_retain
     return {
         name: encode_split(classifier, splits[name], name, recipe.evaluation.batch_size)
         for name in wanted
@@ -410,7 +417,7 @@ def _constraint_split(evaluator: Evaluator) -> str:
     raise ConfigError("λ selection needs a retain or control validation split; this scenario has neither.")
 
 
-def _test_metrics(evaluator: Evaluator, mia: bool, seed: int) -> dict[str, float]:
+def _test_metrics(evaluator: Evaluator, mia: bool) -> dict[str, float]:
     names = {
         "forget_test": "forget_accuracy",
         "retain_test": "retain_accuracy",
@@ -423,9 +430,7 @@ def _test_metrics(evaluator: Evaluator, mia: bool, seed: int) -> dict[str, float
         metrics["unlearn_accuracy"] = 100.0 - metrics["forget_accuracy"]
     if mia and {"forget_test", "test"} <= predictions.keys() and "retain_train" in evaluator.splits:
         members = evaluator.predict("retain_train")
-        metrics["mia_efficacy"] = mia_efficacy(
-            members, predictions["test"], predictions["forget_test"], seed=seed
-        )
+        metrics["mia_efficacy"] = mia_efficacy(members, predictions["test"], predictions["forget_test"])
     return metrics
 
 
@@ -467,7 +472,7 @@ def _outcome(
 ) -> MethodOutcome:
     selection = _search(evaluator, vector, config, original_point, progress)
     evaluator.set_weights(vector, selection.scale)
-    test = _test_metrics(evaluator, recipe.mia_enabled, recipe.seed)
+    test = _test_metrics(evaluator, recipe.mia_enabled)
     return MethodOutcome(config.method, label, selection, test, kept_fraction, run_id)
 
 
@@ -619,7 +624,7 @@ def _run_claimed(
     evaluator.set_weights(None, 0.0)
     constraint = _constraint_split(evaluator)
     original_point = LambdaPoint(0.0, evaluator.accuracy("forget_val"), evaluator.accuracy(constraint))
-    original = _test_metrics(evaluator, recipe.mia_enabled, recipe.seed)
+    original = _test_metrics(evaluator, recipe.mia_enabled)
 
     main = _outcome(
         evaluator,
@@ -682,7 +687,7 @@ def _run_claimed(
                 recipe.evaluation.batch_size,
                 data.control_class_names,
             )
-            retrain = _test_metrics(retrained, recipe.mia_enabled, recipe.seed)
+            retrain = _test_metrics(retrained, recipe.mia_enabled)
             for outcome in [main, *comparison]:
                 if {
                     "retain_accuracy",

@@ -27,6 +27,7 @@ UNLEARNED_SUBDIR = "unlearned_model"
 #: method is an error instead of being silently ignored
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "consensus_fraction": ("negmerge",),
+    "ties_variant": ("ties",),
     "density": ("ties",),
     "majority_sign_method": ("ties",),
 }
@@ -60,10 +61,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="negmerge only: 1.0 = unanimous (paper, default); <1 is an extension.",
     )
     parser.add_argument(
-        "--density", type=float, default=None, help="ties only: fraction of entries kept per tensor (1.0)."
+        "--ties-variant",
+        default=None,
+        choices=["original", "peft"],
+        help="ties only: 'original' (default; the paper's baseline, whole-model trim) or 'peft' (per tensor).",
     )
     parser.add_argument(
-        "--majority-sign-method", default=None, choices=["total", "frequency"], help="ties only (total)."
+        "--density",
+        type=float,
+        default=None,
+        help="ties only: fraction of each run's entries kept (default 0.2).",
+    )
+    parser.add_argument(
+        "--majority-sign-method",
+        default=None,
+        choices=["total", "frequency"],
+        help="ties only: sign election (total by default; frequency needs --ties-variant peft).",
     )
     parser.add_argument("--accumulation-dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument(

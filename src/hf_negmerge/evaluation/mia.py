@@ -2,9 +2,11 @@
 
 The definition is SalUn's (Fan et al., ICLR 2024), used by NegMerge's CIFAR-10 table: an RBF SVC
 (C=3, gamma="auto") learns member vs non-member from one feature, the model's softmax probability
-of the true class. Members are a retain subset as large as the test set (label 1), non-members
-are the test set (label 0). Applied to the forget set, MIA-Efficacy is the percentage of forget
-samples predicted non-member: higher means the forget set looks less like training data.
+of the true class (their `SVC_MIA(...)["confidence"]`, the entry their README reports as MIA).
+Members are the FIRST len(test) retain samples (label 1; their `Subset(retain, range(len(test)))`),
+non-members the test set (label 0), fitted in that order. Applied to the forget set, MIA-Efficacy
+is the percentage of forget samples predicted non-member: higher means the forget set looks less
+like training data. The retain samples must be rows the original model trained on.
 """
 
 from __future__ import annotations
@@ -40,12 +42,13 @@ def true_class_confidence(split: Predictions | Any, name: str) -> np.ndarray:
     return values
 
 
-def select_members(retain_confidence: np.ndarray, count: int, seed: int | None = 0) -> np.ndarray:
+def select_members(retain_confidence: np.ndarray, count: int, seed: int | None = None) -> np.ndarray:
     """`count` retain confidences used as the attack's members.
 
-    seed=None takes the first `count` in order, as SalUn's code does (`Subset(retain, range(n))`);
-    an integer draws a random subset without replacement, reproducible for that seed. When the
-    retain set is smaller than `count` every retain sample is used and a warning says so.
+    seed=None (default) takes the first `count` in order, as SalUn's code does
+    (`Subset(retain, range(n))`); an integer draws a random subset without replacement instead
+    (not SalUn's; it moves the figure by about a point). When the retain set is smaller than
+    `count` every retain sample is used and a warning says so (SalUn's code would fail there).
     """
     if retain_confidence.size < count:
         warnings.warn(
@@ -73,7 +76,7 @@ def mia_efficacy(
     retain: Predictions | Any,
     test: Predictions | Any,
     forget: Predictions | Any,
-    seed: int | None = 0,
+    seed: int | None = None,
 ) -> float:
     """MIA-Efficacy in percent (0–100): forget samples the attack predicts as non-members.
 

@@ -52,9 +52,13 @@ def compute_unlearning_metrics(
     retain: Predictions,
     test: Predictions,
     control: Predictions | None = None,
-    mia_seed: int | None = 0,
+    mia_seed: int | None = None,
 ) -> UnlearningMetrics:
-    """RA, forget accuracy, TA, MIA-Efficacy (and control accuracy) from one pass per split."""
+    """RA, forget accuracy, TA, MIA-Efficacy (and control accuracy) from one pass per split.
+
+    `retain` must hold rows the original model trained on, in order: RA is measured on them and
+    the attack's members are its first len(test) rows (SalUn); `mia_seed` draws them instead.
+    """
     return UnlearningMetrics(
         forget_accuracy=forget.accuracy(),
         retain_accuracy=retain.accuracy(),

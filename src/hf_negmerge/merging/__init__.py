@@ -12,6 +12,7 @@ from .accumulate import MergeAccumulator, MergeResult, merge_checkpoints, merge_
 from .base import (
     MERGE_METHODS,
     MergeMethod,
+    MergeSession,
     TensorMerger,
     available_methods,
     get_merge_method,
@@ -31,9 +32,13 @@ def merge(task_tensors: Sequence[torch.Tensor], method: str = "negmerge", **opti
     config = NegMergeConfig(method=method, **options)
     merge_method = get_merge_method(method)
     merge_method.check_count(len(task_tensors))
-    merger = merge_method.merger(config)
-    for tensor in task_tensors:
+    session = merge_method.start(config)  # this one parameter is the whole model (original TIES' trim)
+    merger = session.new_merger()
+    for index, tensor in enumerate(task_tensors):
+        if session.needs_run_pass:
+            session.begin_run(index, [tensor])
         merger.add(tensor)
+    session.finish([merger])
     return merger.result()
 
 
@@ -42,6 +47,7 @@ __all__ = [
     "MergeAccumulator",
     "MergeMethod",
     "MergeResult",
+    "MergeSession",
     "MergeStats",
     "TensorMerger",
     "TensorStats",

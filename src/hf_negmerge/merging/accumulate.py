@@ -23,7 +23,7 @@ from ..config import NegMergeConfig
 from ..errors import CheckpointError, ConfigError, MergeError
 from ..key_space import KeyNames
 from ..task_vector import TaskVector, check_compatible, check_finite, select_keys
-from .base import TensorMerger, get_merge_method
+from .base import MergeSession, TensorMerger, accumulation_dtype, get_merge_method
 from .stats import MergeStats, TensorStats
 
 _STATE_METADATA_KEY = "hf_negmerge_accumulator"
@@ -66,6 +66,7 @@ class MergeAccumulator:
         self.config = config or NegMergeConfig()
         self.key_names = key_names
         self.method = get_merge_method(self.config.method)
+        self.session = self.method.start(self.config)
         self.mergers: dict[str, TensorMerger] = {}
         self.squared_norms: list[float] = []
         self.run_ids: list[str] = []
@@ -92,6 +93,8 @@ class MergeAccumulator:
             )
         if self.method.max_models is not None and self.count >= self.method.max_models:
             self.method.check_count(self.count + 1)
+        if self.session.needs_run_pass:  # e.g. original TIES: this run's whole-model trim threshold
+            self.session.begin_run(self.count, (task_vector.tensors[key] for key in keys))
         squared_norm = 0.0
         for key in keys:
             tensor = task_vector.tensors[key]
@@ -100,7 +103,7 @@ class MergeAccumulator:
                 check_finite(tensor, key, f"task vector #{self.count + 1}")
             merger = self.mergers.get(key)
             if merger is None:
-                merger = self.mergers[key] = self.method.merger(self.config)
+                merger = self.mergers[key] = self.session.new_merger()
             elif merger.shape != tuple(tensor.shape):
                 check_compatible(
                     merger.shape, tensor.shape, key, "first task vector", f"task vector #{self.count + 1}"
@@ -113,6 +116,7 @@ class MergeAccumulator:
 
     def result(self) -> MergeResult:
         self.method.check_count(self.count)
+        self.session.finish(self.mergers.values())
         tensors = {key: merger.result() for key, merger in self.mergers.items()}
         per_tensor = {key: _tensor_stats(merged) for key, merged in tensors.items()}
         return _assemble(tensors, per_tensor, self.config, self.squared_norms)
@@ -148,7 +152,7 @@ class MergeAccumulator:
         except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as error:
             raise CheckpointError(f"{path}: corrupt MergeAccumulator state header ({error}).") from error
         for key in keys:
-            merger = accumulator.method.merger(accumulator.config)
+            merger = accumulator.session.new_merger()
             merger.load_state(
                 {name: reader[f"{key}::{name}"] for name in merger.state_fields}, accumulator.count
             )
@@ -213,6 +217,7 @@ def merge_checkpoints(
     method = get_merge_method(config.method)
     method.check_count(len(finetuned))
     check_distinct_inputs(base, finetuned)
+    session = method.start(config)
     base_reader = CheckpointReader(base)
     readers = [CheckpointReader(path) for path in finetuned]
     keys = [
@@ -235,11 +240,12 @@ def merge_checkpoints(
             check_compatible(
                 base_reader.shape(key), reader.shape(key), key, base_reader.path, reader.path_of(key)
             )
-    tensors: dict[str, torch.Tensor] = {}
-    per_tensor: dict[str, TensorStats] = {}
+    if session.needs_run_pass:
+        _run_pass(session, base_reader, readers, keys)
+    mergers: dict[str, TensorMerger] = {}
     squared_norms = [0.0] * len(readers)
     for key in tqdm(keys, desc=f"{config.method} merge", unit="tensor", disable=not progress):
-        merger = method.merger(config)
+        merger = session.new_merger()
         base_tensor = base_reader[key].to(merger.dtype)
         for index, reader in enumerate(readers):
             tuned = reader[key]
@@ -252,6 +258,22 @@ def merge_checkpoints(
                 check_finite(tuned, key, reader.path_of(key))
             squared_norms[index] += squared_norm
             merger.add(task_tensor)
-        tensors[key] = merger.result()
-        per_tensor[key] = _tensor_stats(tensors[key])
+        merger.seal()
+        mergers[key] = merger
+    session.finish(mergers.values())
+    tensors = {key: merger.result() for key, merger in mergers.items()}
+    per_tensor = {key: _tensor_stats(merged) for key, merged in tensors.items()}
     return _assemble(tensors, per_tensor, config, squared_norms)
+
+
+def _run_pass(
+    session: MergeSession, base_reader: CheckpointReader, readers: Sequence[CheckpointReader], keys: list[str]
+) -> None:
+    """A session's pre-pass (e.g. original TIES' trim thresholds): one run at a time, every key.
+
+    Task tensors are computed as the main pass computes them (checkpoint tensor minus base, both
+    in the accumulation dtype), so a threshold compares against exactly the values later folded.
+    """
+    dtype = accumulation_dtype(session.config)
+    for index, reader in enumerate(readers):
+        session.begin_run(index, (reader[key].to(dtype) - base_reader[key].to(dtype) for key in keys))

@@ -3,12 +3,17 @@
 A merger folds the task tensors of ONE parameter, one run at a time, into a running state whose
 size does not depend on how many runs there are. That single interface serves the in-memory
 `merge`, the accumulator that training feeds as runs finish, and the streaming merge from disk.
+
+A method whose per-tensor arithmetic needs numbers about the whole model (the original TIES: a
+trim threshold per run over the whole flattened task vector, and a model-wide majority sign)
+adds a `MergeSession`: it sees each run's task tensors once before they are folded, and all the
+mergers once after the last fold, so it still never holds more than one run.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +27,11 @@ if TYPE_CHECKING:
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def accumulation_dtype(config: NegMergeConfig) -> torch.dtype:
+    """The dtype task tensors are folded in (and a session's pre-pass must see them in)."""
+    return _DTYPES[config.accumulation_dtype]
+
+
 class TensorMerger(ABC):
     """Running state of one merge method for one parameter tensor."""
 
@@ -30,9 +40,10 @@ class TensorMerger(ABC):
 
     def __init__(self, config: NegMergeConfig) -> None:
         self.config = config
-        self.dtype = _DTYPES[config.accumulation_dtype]
+        self.dtype = accumulation_dtype(config)
         self.count = 0
         self.shape: tuple[int, ...] | None = None
+        self._sealed_result: torch.Tensor | None = None
 
     def add(self, task_tensor: torch.Tensor) -> None:
         """Fold in one run's task tensor (any float dtype; upcast to the accumulation dtype)."""
@@ -48,6 +59,8 @@ class TensorMerger(ABC):
         """The merged task tensor (accumulation dtype)."""
         if self.count == 0:
             raise MergeError("No task tensor was added; nothing to merge.")
+        if self._sealed_result is not None:
+            return self._sealed_result
         return self._finish()
 
     @abstractmethod
@@ -58,6 +71,17 @@ class TensorMerger(ABC):
 
     @abstractmethod
     def _finish(self) -> torch.Tensor: ...
+
+    def seal(self) -> None:
+        """Called after the last fold when the merger is kept only for `result()`: drop the state.
+
+        By default the result is computed now, so a streaming merge holds one result per tensor
+        rather than every tensor's running state; methods whose result waits for
+        `MergeSession.finish` override it to keep just what that needs.
+        """
+        self._sealed_result = self.result()
+        for name in self.state_fields:
+            setattr(self, name, None)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self.state_fields}
@@ -71,6 +95,31 @@ class TensorMerger(ABC):
         self.count = count
 
 
+class MergeSession:
+    """Model-wide steps of one merge, around the per-tensor mergers (by default: none).
+
+    Callers (the accumulator, the streaming merge, `merge`) create every merger with
+    `new_merger()`, call `begin_run` with each run's task tensors before folding them when
+    `needs_run_pass` is true, and call `finish` with every merger before reading any result.
+    """
+
+    #: whether `begin_run` must see each run's task tensors before they are folded
+    needs_run_pass: bool = False
+
+    def __init__(self, method: MergeMethod, config: NegMergeConfig) -> None:
+        self.method = method
+        self.config = config
+
+    def new_merger(self) -> TensorMerger:
+        return self.method.merger(self.config)
+
+    def begin_run(self, run_index: int, task_tensors: Iterable[torch.Tensor]) -> None:
+        """See every task tensor of run `run_index` (0-based fold order) once, before any is folded."""
+
+    def finish(self, mergers: Iterable[TensorMerger]) -> None:
+        """See every merger once after the last fold, before any `result()`."""
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     """A registered merge method: how to build its merger and what it needs."""
@@ -81,6 +130,11 @@ class MergeMethod:
     reference: str
     min_models: int = 1
     max_models: int | None = None
+    session: Callable[[MergeMethod, NegMergeConfig], MergeSession] = MergeSession
+
+    def start(self, config: NegMergeConfig) -> MergeSession:
+        """A session for one merge with `config` (see `MergeSession`)."""
+        return self.session(self, config)
 
     def check_count(self, count: int) -> None:
         if count < self.min_models:

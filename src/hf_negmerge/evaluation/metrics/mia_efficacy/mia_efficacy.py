@@ -10,7 +10,7 @@ _SPLITS = ("retain", "test", "forget")
 
 _DESCRIPTION = """
 MIA-Efficacy (SalUn, Fan et al. 2024), in PERCENT. An RBF SVC (C=3, gamma="auto") is fitted on the
-model's true-class probability: members = a retain subset as large as the test set (label 1),
+model's true-class probability: members = the first len(test) retain samples (label 1),
 non-members = the test set (label 0). MIA-Efficacy = percent of forget samples predicted non-member.
 """
 
@@ -18,8 +18,8 @@ _KWARGS_DESCRIPTION = """
 Args:
     confidences (`list` of `float`): softmax probability of the true class, one per sample.
     splits (`list` of `str`): which split each sample belongs to: "retain", "test" or "forget".
-    seed (`int` or None, default 0): draws the member subset of the retain set; None takes the
-        first len(test) retain samples in order (SalUn's code).
+    seed (`int` or None, default None): None takes the first len(test) retain samples in input
+        order (SalUn's code); an integer draws a random member subset instead.
 Returns:
     mia_efficacy (`float`): percent of forget samples the attack predicts as non-members.
 Examples:
@@ -50,7 +50,7 @@ class MiaEfficacy(evaluate.Metric):
             format="numpy",
         )
 
-    def _compute(self, confidences, splits, seed=0):
+    def _compute(self, confidences, splits, seed=None):
         confidences = np.asarray(confidences, dtype=np.float64)
         splits = np.asarray(splits)
         unknown = sorted(set(splits.tolist()) - set(_SPLITS))
