@@ -352,7 +352,7 @@ def test_pipeline_measures_ra_and_mia_members_on_rows_the_original_trained_on(mo
         dataset="unused", scenario="random", forget_fraction=0.1, validation_fraction=0.2, seed=0
     )
     data = UnlearningData(
-        scenario="random", class_names=None, num_classes=3, **SCENARIOS["random"](config, train, test)
+        scenario="random", class_names=None, num_classes=3, **SCENARIOS["random"](config, train, test, None)
     )
     monkeypatch.setattr(pipeline, "encode_split", lambda classifier, split, name, batch_size=256: split)
     encoded = pipeline._encode_all(
