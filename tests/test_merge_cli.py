@@ -249,11 +249,11 @@ def test_existing_output_is_kept_without_overwrite(two_vit_runs, capsys):
 
 def test_interrupt_mid_merge_leaves_no_output(two_vit_runs, monkeypatch):
     root = two_vit_runs
-    import hf_negmerge.cli.merge as merge_cli
+    import hf_negmerge.unlearn
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(merge_cli, "write_unlearned_checkpoint", explode)
+    monkeypatch.setattr(hf_negmerge.unlearn, "write_unlearned_checkpoint", explode)
     assert _merge(root, root / "ft0", root / "ft1", extra=("--scale", "0.5")) == 130
     assert _no_output_left(root)

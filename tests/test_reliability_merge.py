@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 import hf_negmerge
 import hf_negmerge.checkpoints as checkpoints
-import hf_negmerge.cli.merge as merge_cli
+import hf_negmerge.merging
 from conftest import make_tiny_vit
 from hf_negmerge import CheckpointReader, NegMergeConfig, TaskVector
 from hf_negmerge.checkpoints import OUTPUT_MARKER, atomic_output_dir
@@ -281,7 +281,7 @@ def no_merge_work(env: Env) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the merge started although the output cannot be written")
 
-    env.monkeypatch.setattr(merge_cli, "merge_checkpoints", refuse)
+    env.monkeypatch.setattr(hf_negmerge.merging, "merge_checkpoints", refuse)
 
 
 def read_only_parent(env: Env) -> None:

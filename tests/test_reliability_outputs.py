@@ -133,9 +133,17 @@ def _file(root: Path, cleanups: list) -> list[str]:
 
 
 REFUSALS = [
-    RefusalCase("empty output_dir (recipe key)", lambda r, c: ["output_dir=''"], ("output_dir is empty",)),
-    RefusalCase("empty --output-dir", lambda r, c: ["--output-dir", ""], ("output_dir is empty",)),
-    RefusalCase("output_dir is a file", _file, ("is a file", "left as it is")),
+    RefusalCase(
+        "empty output_dir (recipe key)",
+        lambda r, c: ["output_dir=''"],
+        ("output_dir must name a folder", "current directory"),
+    ),
+    RefusalCase(
+        "empty --output-dir",
+        lambda r, c: ["--output-dir", ""],
+        ("output_dir must name a folder", "current directory"),
+    ),
+    RefusalCase("output_dir is a file", _file, ("is a file", "name a folder")),
     RefusalCase(
         "output_dir below a file (OSError with a path)",
         lambda r, c: (_file(r, c), ["--output-dir", str(r / "out" / "sub")])[1],

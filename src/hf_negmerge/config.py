@@ -42,7 +42,8 @@ class NegMergeConfig:
         metadata={
             "help": "negmerge only. 1.0 keeps an element only when all n runs share its non-zero sign "
             "(the paper). EXTENSION, not in the paper: a value f in (0.5, 1) keeps elements where at "
-            "least ceil(f·n) runs share the sign, still averaging over all n runs."
+            "least ceil(f·n) runs share the sign, still averaging over all n runs.",
+            "methods": ("negmerge",),
         },
     )
     ties_variant: str = field(
@@ -51,14 +52,17 @@ class NegMergeConfig:
             "help": "ties only. 'original' (the paper's baseline, the TIES authors' code): each run "
             "trimmed over its whole flattened task vector (kthvalue threshold, ties at it kept), sign "
             "of the summed trimmed entries with exact-zero sums taking the model-wide majority sign, "
-            "mean of the entries of that sign. 'peft': peft.utils.merge_utils.ties per tensor."
+            "mean of the entries of that sign. 'peft': peft.utils.merge_utils.ties per tensor.",
+            "methods": ("ties",),
+            "choices": TIES_VARIANTS,
         },
     )
     density: float = field(
         default=0.2,
         metadata={
             "help": "ties only: fraction of each run's largest-magnitude entries kept (over the whole "
-            "model with ties_variant='original', per tensor with 'peft'); 1.0 keeps everything."
+            "model with ties_variant='original', per tensor with 'peft'); 1.0 keeps everything.",
+            "methods": ("ties",),
         },
     )
     ties_total_elements: int | None = field(
@@ -66,14 +70,17 @@ class NegMergeConfig:
         metadata={
             "help": "ties, original variant: d of the whole-model trim. None: the entries of the tensors "
             "taking part. A larger d counts the rest as zero entries, as the authors' flattened image "
-            "encoder holds frozen tensors (τ = 0) that a merge of the trained tensors leaves out."
+            "encoder holds frozen tensors (τ = 0) that a merge of the trained tensors leaves out.",
+            "methods": ("ties",),
         },
     )
     majority_sign_method: str = field(
         default="total",
         metadata={
             "help": "ties only: elect the sign of the sum ('total') or of the sign count ('frequency', "
-            "peft variant only)."
+            "peft variant only).",
+            "methods": ("ties",),
+            "choices": MAJORITY_SIGN_METHODS,
         },
     )
     include: list[str] | None = field(
@@ -86,19 +93,31 @@ class NegMergeConfig:
     )
     accumulation_dtype: str = field(
         default="float32",
-        metadata={"help": "dtype of running sums: float32, or float64 for bit-stable references."},
+        metadata={
+            "help": "dtype of running sums: float32, or float64 for bit-stable references.",
+            "choices": ACCUMULATION_DTYPES,
+        },
     )
     lambda_grid: list[float] = field(
         default_factory=default_lambda_grid,
-        metadata={"help": "Negation coefficients λ tried on validation data (θ = θ₀ − λ·τ)."},
+        metadata={
+            "help": "Negation coefficients λ tried on validation data (θ = θ₀ − λ·τ).",
+            "lambda_search": True,
+        },
     )
     retain_ratio: float = field(
         default=0.95,
-        metadata={"help": "λ must keep retain/control validation accuracy ≥ this × the original's."},
+        metadata={
+            "help": "λ must keep retain/control validation accuracy ≥ this × the original's.",
+            "lambda_search": True,
+        },
     )
     fallback: str = field(
         default="least_retain_drop",
-        metadata={"help": "When no λ qualifies: 'least_retain_drop' (highest retain accuracy) or 'error'."},
+        metadata={
+            "help": "When no λ qualifies: 'least_retain_drop' (highest retain accuracy) or 'error'.",
+            "lambda_search": True,
+        },
     )
     scale: float | None = field(
         default=None,

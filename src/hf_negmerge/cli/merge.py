@@ -3,34 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import typing
 from pathlib import Path
+from typing import Any
 
-from ..checkpoints import (
-    OUTPUT_MARKER,
-    atomic_output_dir,
-    atomic_write_text,
-    check_no_overlap,
-    check_output_dir,
-    remove_stale_staging,
-)
 from ..config import NegMergeConfig
 from ..errors import ConfigError
-from ..merging import available_methods, merge_checkpoints
-from ..task_vector import MERGED_VECTOR_NAME
-from ..unlearn import write_unlearned_checkpoint
 
 STATS_NAME = "merge_stats.json"
 UNLEARNED_SUBDIR = "unlearned_model"
-#: method-specific options (argparse dest) and the methods that read them; giving one to another
-#: method is an error instead of being silently ignored
-METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "consensus_fraction": ("negmerge",),
-    "ties_variant": ("ties",),
-    "density": ("ties",),
-    "majority_sign_method": ("ties",),
+# Help for config fields whose meaning on this command differs from their config help.
+_HELP_HERE = {
+    "scale": "λ: also write the unlearned model θ₀ − λ·τ to OUT/unlearned_model (λ ≥ 0).",
 }
+
+
+def config_fields() -> list[dataclasses.Field]:
+    """The NegMergeConfig fields a merge takes (the λ-search fields belong to `unlearn`)."""
+    return [item for item in dataclasses.fields(NegMergeConfig) if not item.metadata.get("lambda_search")]
+
+
+def _option_type(annotation: Any) -> tuple[type, bool]:
+    """(element type, is a list) of a config annotation such as `float | None` or `list[str] | None`."""
+    options = [arg for arg in typing.get_args(annotation) if arg is not type(None)] or [annotation]
+    (kind,) = options
+    if typing.get_origin(kind) is list:
+        return typing.get_args(kind)[0], True
+    return kind, False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,43 +44,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="Fine-tuned model folders (same architecture).",
     )
-    parser.add_argument("--method", default="negmerge", choices=available_methods(), help="Merge method.")
     parser.add_argument("--out", required=True, type=Path, help="Output folder (created atomically).")
-    parser.add_argument(
-        "--scale",
-        type=float,
-        default=None,
-        help="λ: also write the unlearned model θ₀ − λ·τ to OUT/unlearned_model.",
-    )
-    parser.add_argument(
-        "--include", nargs="*", default=None, help="fnmatch patterns of tensors that take part."
-    )
-    parser.add_argument("--exclude", nargs="*", default=None, help="fnmatch patterns of tensors left out.")
-    parser.add_argument(
-        "--consensus-fraction",
-        type=float,
-        default=None,
-        help="negmerge only: 1.0 = unanimous (paper, default); <1 is an extension.",
-    )
-    parser.add_argument(
-        "--ties-variant",
-        default=None,
-        choices=["original", "peft"],
-        help="ties only: 'original' (default; the paper's baseline, whole-model trim) or 'peft' (per tensor).",
-    )
-    parser.add_argument(
-        "--density",
-        type=float,
-        default=None,
-        help="ties only: fraction of each run's entries kept (default 0.2).",
-    )
-    parser.add_argument(
-        "--majority-sign-method",
-        default=None,
-        choices=["total", "frequency"],
-        help="ties only: sign election (total by default; frequency needs --ties-variant peft).",
-    )
-    parser.add_argument("--accumulation-dtype", default="float32", choices=["float32", "float64"])
+    # One flag per NegMergeConfig field, so the command and the config never drift apart. Every
+    # flag defaults to None ("not given"): NegMergeConfig's own defaults apply, and a
+    # method-specific flag given to another method is an error (see `_config_values`).
+    hints = typing.get_type_hints(NegMergeConfig)
+    for item in config_fields():
+        kind, is_list = _option_type(hints[item.name])
+        methods = item.metadata.get("methods")
+        default = item.default if item.default is not dataclasses.MISSING else None
+        help_text = _HELP_HERE.get(item.name, item.metadata.get("help", ""))
+        if methods is None and default is not None:
+            help_text += f" (default: {default})"
+        parser.add_argument(
+            "--" + item.name.replace("_", "-"),
+            type=kind,
+            nargs="*" if is_list else None,
+            choices=item.metadata.get("choices"),
+            default=None,
+            help=help_text.replace("%", "%%"),
+        )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -87,28 +72,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
 
 
-def _method_options(args: argparse.Namespace) -> dict[str, object]:
-    """The method-specific options given on the command line; an error for the wrong method."""
-    given = {name: getattr(args, name) for name in METHOD_OPTIONS if getattr(args, name) is not None}
-    for name in given:
-        if args.method not in METHOD_OPTIONS[name]:
-            option = "--" + name.replace("_", "-")
+def _config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given on the command line; an error for a flag the method ignores."""
+    given = {item.name: getattr(args, item.name) for item in config_fields()}
+    given = {name: value for name, value in given.items() if value is not None}
+    method = given.get("method", NegMergeConfig.method)
+    for item in config_fields():
+        methods = item.metadata.get("methods")
+        if item.name in given and methods is not None and method not in methods:
+            option = "--" + item.name.replace("_", "-")
             raise ConfigError(
-                f"{option} only applies to --method {' or '.join(METHOD_OPTIONS[name])}; "
-                f"--method {args.method} ignores it. Drop {option} or change --method."
+                f"{option} only applies to --method {' or '.join(methods)}; "
+                f"--method {method} ignores it. Drop {option} or change --method."
             )
     return given
 
 
 def run(args: argparse.Namespace) -> int:
-    config = NegMergeConfig(
-        method=args.method,
-        include=args.include,
-        exclude=args.exclude,
-        accumulation_dtype=args.accumulation_dtype,
-        scale=args.scale,
-        **_method_options(args),
+    from ..checkpoints import (
+        OUTPUT_MARKER,
+        atomic_output_dir,
+        atomic_write_text,
+        check_no_overlap,
+        check_output_dir,
+        remove_stale_staging,
     )
+    from ..merging import merge_checkpoints
+    from ..task_vector import MERGED_VECTOR_NAME
+    from ..unlearn import write_unlearned_checkpoint
+
+    config = NegMergeConfig(**_config_values(args))
     inputs = [("base", args.base), *(("fine-tuned run", path) for path in args.finetuned)]
     check_no_overlap(args.out, inputs)
     remove_stale_staging(args.out)  # a killed run's leftovers (may put back an old output)
