@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ..recipe_files import available_recipes
 
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir is not None:  # '' too, so that it is refused rather than ignored
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")  # quoted: any name stays a string
     from ..recipe import load_recipe
+    from ..threads import configure_torch_threads
 
     recipe = load_recipe(args.config, overrides)
     from ..pipeline import describe_plan
@@ -44,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     print(describe_plan(recipe))
     if args.dry_run:
         return 0
+    threads = configure_torch_threads()
+    if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
+        print(f"torch threads per process: {threads} (set OMP_NUM_THREADS to change)")
     from ..evaluation import markdown_table
     from ..pipeline import run_unlearning
 

@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from .grid import canonical_json
 
 PRETRAIN_RECORD_FILE = "pretrain.json"
-_RECIPE_VERSION = 2  # 2: fused AdamW
+_RECIPE_VERSION = 3  # 2: fused AdamW; 3: the torch thread count is part of the key
 
 Objective = Callable[[Any], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 
@@ -138,6 +138,8 @@ def prepare_original_model(
         "batch_size": batch_size,
         "weight_decay": weight_decay,
         "seed": seed,
+        # CPU kernels sum in another order with another thread count, so θ₀'s weights depend on it
+        "torch_threads": torch.get_num_threads(),
     }
     if model_config.name_or_path is not None:  # the same path may later hold other weights
         from ..models._source import resolve_weights_source, source_weights_sha256
