@@ -117,7 +117,10 @@ def main() -> None:
     parser.add_argument("--retain-ratio", type=float, default=0.95, help="target: retain ≥ ratio × original")
     parser.add_argument("overrides", nargs="*", help="recipe overrides key=value (after --)")
     args = parser.parse_args()
+    from hf_negmerge.threads import configure_torch_threads
 
+    threads = configure_torch_threads()  # as `hf-negmerge unlearn` does: the same numbers
+    print(f"torch threads: {threads}", flush=True)
     results = []
     for seed in args.seeds:
         result = run_seed(args.recipe, seed, args.output_root, args.overrides)

@@ -61,7 +61,7 @@ def test_dataset_scenario_scores_control_with_its_own_head(tmp_path):
 
 TINY_DEFAULT = [
     "--no-progress",
-    "grid.axes.randaugment_magnitude=[1,5]",
+    "grid.axes.seed=[0,1]",
     "grid.base.epochs=1",
     "original.epochs=3",
     "comparison=[uniform]",

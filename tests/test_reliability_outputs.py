@@ -39,7 +39,7 @@ from hub_stand_in import HubStandIn  # tests/ is on sys.path under pytest's defa
 
 TINY = [
     "--no-progress",
-    "grid.axes.randaugment_magnitude=[1,5]",
+    "grid.axes.seed=[0,1]",
     "grid.base.epochs=1",
     "original.epochs=3",
     "comparison=[uniform]",
