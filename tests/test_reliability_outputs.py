@@ -611,6 +611,7 @@ def _sealed_folder(root: Path) -> Path:
     (out / "metrics.json").write_text(
         json.dumps(
             {
+                "format_version": 1,
                 "base_model": "alice/base",
                 "forget_dataset": "alice/data",
                 "scale": 0.5,

@@ -54,5 +54,8 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_table(outcome.rows()))
     print()
     print(outcome.main.selection.reason)
+    print(outcome.status_line())
+    for message in outcome.warnings:
+        print(f"Warning: {message}")
     print(f"Unlearned model and report written to {outcome.output_dir} ({outcome.seconds['total']:.0f} s).")
     return 0
