@@ -52,7 +52,9 @@ def _method(label: str, points, test: dict[str, float], run_id: str | None = Non
 
 
 def _outcome(main: MethodOutcome, result_norm: float = 1.0, input_norms=(1.0, 1.2)) -> UnlearningOutcome:
-    stats = MergeStats("negmerge", len(input_norms), {"w": TensorStats(10, 3, result_norm)}, list(input_norms))
+    stats = MergeStats(
+        "negmerge", len(input_norms), {"w": TensorStats(10, 3, result_norm)}, list(input_norms)
+    )
     return UnlearningOutcome(
         output_dir=Path("out"),
         original=dict(ORIGINAL),
@@ -66,7 +68,8 @@ def _outcome(main: MethodOutcome, result_norm: float = 1.0, input_norms=(1.0, 1.
     )
 
 
-GOOD = [(0.0, 97.0, 96.0), (0.5, 40.0, 95.0), (1.0, 10.0, 92.0), (1.5, 2.0, 80.0)]  # 1.0 qualifies, not the edge
+# λ = 1.0 is chosen (1.5 breaks the retain constraint), so the choice is not at the grid's edge
+GOOD = [(0.0, 97.0, 96.0), (0.5, 40.0, 95.0), (1.0, 10.0, 92.0), (1.5, 2.0, 80.0)]
 
 
 # -- status ------------------------------------------------------------------------------------------------
@@ -77,14 +80,17 @@ def test_status_is_unlearned_only_when_the_forget_accuracy_closed_half_the_gap_a
     assert status == UNLEARNED and "48.75%" in detail and "97.50%" in detail
     status, detail = assess({"forget_accuracy": 60.0}, True, criterion)  # the λ-at-the-edge case
     assert status == NOT_UNLEARNED and "60.00%" in detail and "≤ 48.75%" in detail
-    status, detail = assess({"forget_accuracy": 95.6}, True, criterion)  # the LoRA case: "qualified", no change
+    # the LoRA case: "qualified", but the forget accuracy did not move
+    status, detail = assess({"forget_accuracy": 95.6}, True, criterion)
     assert status == NOT_UNLEARNED
     status, detail = assess({"forget_accuracy": 5.0}, False, criterion)  # forgot, but retain fell too far
     assert status == RETAIN_NOT_MET and "5.00%" in detail
 
 
 def test_the_reference_is_retrain_when_measured_else_the_scenarios_ideal() -> None:
-    assert forget_criterion("random", {"forget_accuracy": 100.0}, {"forget_accuracy": 94.0}, 10).target == 97.0
+    assert (
+        forget_criterion("random", {"forget_accuracy": 100.0}, {"forget_accuracy": 94.0}, 10).target == 97.0
+    )
     random = forget_criterion("random", {"forget_accuracy": 100.0, "test_accuracy": 96.0}, None, 10)
     assert (random.reference, random.reference_source) == (96.0, "original test accuracy")
     dataset = forget_criterion("dataset", {"forget_accuracy": 60.0}, None, 4)
@@ -97,7 +103,9 @@ def test_the_reference_is_retrain_when_measured_else_the_scenarios_ideal() -> No
 def test_outcome_statuses_for_every_method_and_the_status_line() -> None:
     main = _method("negmerge", GOOD, {"forget_accuracy": 12.0, "retain_accuracy": 93.0})
     failed = _method("uniform", [(0.0, 97.0, 96.0), (0.5, 5.0, 50.0)], {"forget_accuracy": 4.0})
-    weak = _method("ties", [(0.0, 97.0, 96.0), (0.5, 90.0, 95.5), (1.0, 92.0, 95.0)], {"forget_accuracy": 90.0})
+    weak = _method(
+        "ties", [(0.0, 97.0, 96.0), (0.5, 90.0, 95.5), (1.0, 92.0, 95.0)], {"forget_accuracy": 90.0}
+    )
     outcome = _outcome(main)
     outcome.comparison = [failed, weak]
     with warnings.catch_warnings():
@@ -212,7 +220,9 @@ def test_card_fields_parse_back_from_the_written_readme(tmp_path: Path) -> None:
     results.original = {**ORIGINAL, "test_accuracy": 2.2222222222222223 + 90}
     results.unlearned = {**results.unlearned, "test_accuracy": 80.12345678}
     results.warnings = ["negmerge: the chosen λ=1 is the largest of the grid"]
-    card = ModelCard.load(write_model_card(UnlearningCardData.from_results(results, repo_id="alice/x"), tmp_path))
+    card = ModelCard.load(
+        write_model_card(UnlearningCardData.from_results(results, repo_id="alice/x"), tmp_path)
+    )
     meta = card.data.to_dict()
     assert meta["license"] == "apache-2.0" and meta["datasets"] == ["alice/digits"]
     assert meta["base_model"] == "alice/vit-base" and meta["base_model_relation"] == "finetune"
