@@ -41,6 +41,7 @@ from hf_negmerge.hub import (
     write_model_card,
 )
 from hf_negmerge.hub.negation_vector import ENCODINGS, choose_encoding, pack_bits, unpack_bits
+from hf_negmerge.hub.push import BaseModelNotCheckedWarning
 from hf_negmerge.key_space import checkpoint_state_dict
 from hf_negmerge.merging import merge_task_vectors
 from hf_negmerge.outputs import seal_output_folder
@@ -558,7 +559,8 @@ def test_push_needs_metrics_and_a_hub_base_model(run: Run, tmp_path: Path) -> No
     staging.mkdir()
     with pytest.raises(ConfigError, match="Hub id"):
         prepare_upload_folder(run.out, staging, base_model="./local/base")
-    names = prepare_upload_folder(run.out, staging, base_model="bob/other-base")
+    with pytest.warns(BaseModelNotCheckedWarning, match="'bob/other-base' was not checked"):
+        names = prepare_upload_folder(run.out, staging, base_model="bob/other-base")  # offline, not cached
     assert "bob/other-base" in (staging / "README.md").read_text()
     assert "merged_task_vector.safetensors" not in names
 

@@ -122,7 +122,13 @@ def assess(test: Mapping[str, float], qualified: bool, criterion: Criterion | No
         f"the bar is ≤ {criterion.target:.2f}% (half-way to the reference {criterion.reference:.2f}%, "
         f"{criterion.reference_source})"
     )
-    if criterion.original_forget > criterion.reference and forget <= criterion.target:
+    if criterion.original_forget <= criterion.reference:
+        return NOT_UNLEARNED, (
+            f"the original's forget accuracy {criterion.original_forget:.2f}% is already at or below the reference "
+            f"{criterion.reference:.2f}% ({criterion.reference_source}): there was nothing to forget "
+            f"(test forget accuracy {forget:.2f}%)."
+        )
+    if forget <= criterion.target:
         return UNLEARNED, numbers_text + "."
     return NOT_UNLEARNED, numbers_text + ": the forget accuracy did not fall far enough."
 

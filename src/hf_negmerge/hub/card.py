@@ -465,6 +465,7 @@ def card_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column] | No
         "kept_fraction": "kept %",
         "val_forget_accuracy": "val forget acc",
         "val_retain_accuracy": "val retain acc",
+        "unlearn_accuracy": "100 − forget ↑",
     }
     chosen = list(columns) if columns is not None else table_columns(prepared)
     return markdown_table(
@@ -552,15 +553,23 @@ def _sparsity_text(data: UnlearningCardData) -> str | None:
 
 
 def _selection_text(data: UnlearningCardData) -> str | None:
+    """How λ was chosen, from the numbers (rounded), not from the run's 4-decimal log line."""
     selection = data.lambda_selection or {}
     if not selection:
         return None
-    text = "λ was chosen on validation data"
+    threshold = selection.get("threshold")
+    rule = (
+        f"the lowest validation forget accuracy among the λ whose retain (or control) validation accuracy "
+        f"stayed ≥ {format_value(threshold, CARD_DECIMALS)}%"
+        if _is_number(threshold)
+        else str(selection.get("reason") or "").rstrip(".")
+    )
     if selection.get("qualified") is False:
-        text += " by the **fallback rule**: no λ kept retain accuracy above the threshold"
-    if selection.get("reason"):
-        text += f" ({str(selection['reason']).rstrip('.')})"
-    return text + "."
+        return (
+            f"λ was chosen on validation data by the **fallback rule**: no λ kept retain accuracy above the "
+            f"threshold{f' ({rule})' if rule else ''}."
+        )
+    return f"λ was chosen on validation data{f': {rule}' if rule else ''}."
 
 
 def _recipe_yaml(recipe: dict[str, Any] | str | None) -> str | None:
