@@ -15,6 +15,10 @@ Status (docs/evaluation.md, "Statuses"): a method's outcome is "unlearned" only 
   the retrained model's forget accuracy when it was measured; without it 0 for class forgetting
   (the class is never predicted), the original's test accuracy for random forgetting (the forget
   rows become unseen data) and chance (100 / classes) for forgetting a whole dataset.
+
+The module is longer than most (~480 lines) on purpose: it is the single owner of the results
+contract, so the types, the statuses and warnings recorded in it, and its reader and writer stay
+in one place that every other module imports from.
 """
 
 from __future__ import annotations

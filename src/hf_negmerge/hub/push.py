@@ -26,6 +26,7 @@ from ..task_vector import MERGED_VECTOR_NAME, TaskVector
 from ._connection import hub_offline
 from ._upload import check_repo_id, upload_folder_to_repo
 from .card import CARD_NAME, UnlearningCardData, task_for_architectures, write_model_card
+from .card_data import first_base_model
 from .negation_vector import NegationVector
 
 DENSE_VECTOR_NAME = MERGED_VECTOR_NAME
@@ -156,10 +157,6 @@ def _inherited_license(base_model: str | None, online: bool) -> str | None:
         return None
 
 
-def _first_base(base_model: str | list[str] | None) -> str | None:
-    return base_model[0] if isinstance(base_model, list) else base_model
-
-
 def prepare_upload_folder(
     output_dir: str | Path,
     staging: str | Path,
@@ -224,7 +221,7 @@ def _assemble(
             overrides["task_type"] = task
         card_data = UnlearningCardData.from_results(results, **overrides)
         if card_data.license is None:
-            card_data.license = _inherited_license(_first_base(card_data.base_model), online)
+            card_data.license = _inherited_license(first_base_model(card_data.base_model), online)
     if base_model is not None:
         check_base_model(base_model, model_config, output_dir, online)
     for path in files:
@@ -238,7 +235,7 @@ def _assemble(
             )
         if card_data.scale is None:
             raise CheckpointError(f"The chosen λ is unknown (no 'scale' in {output_dir / METRICS_FILE}).")
-        base = _first_base(card_data.base_model)
+        base = first_base_model(card_data.base_model)
         vector = NegationVector.from_task_vector(
             TaskVector.load(dense), card_data.scale, base_model=base, config=config
         )
