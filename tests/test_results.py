@@ -204,6 +204,7 @@ def test_results_round_trip_through_metrics_json(tmp_path: Path) -> None:
         ({"forget_acc": 1.0}, r"unknown key\(s\) \['forget_acc'\]"),
         ({"status": "forgotten"}, "status 'forgotten'"),
         ({"selection": {"qualified": True}}, "not a valid results file"),
+        ({"selection": None}, "'lambda_curve' but no 'selection'"),
     ],
 )
 def test_results_that_are_not_the_current_format_are_refused_by_name(tmp_path: Path, change, message) -> None:

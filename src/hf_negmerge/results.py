@@ -399,6 +399,10 @@ class RunResults:
             raise ResultsFormatError(f"{source}: 'unlearned' must be a mapping of metric to value.")
         if values.get("status") is not None and values["status"] not in STATUSES:
             raise ResultsFormatError(f"{source}: status {values['status']!r} is not one of {list(STATUSES)}.")
+        if values.get("lambda_curve") and not values.get("selection"):
+            raise ResultsFormatError(
+                f"{source} has a 'lambda_curve' but no 'selection' that says which λ it chose."
+            )
         kwargs = {key: values[key] for key in known if values.get(key) is not None}
         try:
             if kwargs.get("criterion") is not None:

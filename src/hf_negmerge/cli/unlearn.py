@@ -44,10 +44,15 @@ def run(args: argparse.Namespace) -> int:
     print(describe_plan(recipe))
     if args.dry_run:
         return 0
+    import warnings
+
     from ..evaluation import markdown_table
     from ..pipeline import run_unlearning
+    from ..results import OutcomeWarning
 
-    outcome = run_unlearning(recipe, progress=not args.no_progress, overwrite=args.overwrite)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutcomeWarning)  # printed once, with the summary below
+        outcome = run_unlearning(recipe, progress=not args.no_progress, overwrite=args.overwrite)
     if outcome is None:  # a non-main process under accelerate launch
         return 0
     print()
