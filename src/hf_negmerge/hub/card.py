@@ -339,7 +339,8 @@ def _intro(data: UnlearningCardData) -> str:
     return (
         f"{original} with {data.method} applied to forget {forget.subset or 'the data'} of "
         f"`{forget.name or forget.dataset}`: a vector learned by fine-tuning on that data was subtracted from its "
-        "weights. Made with hf-negmerge; read the status below and *Limitations* before use."
+        f"weights. Made with hf-negmerge; read {'the status below and ' if data.status else ''}*Limitations* "
+        "before use."
     )
 
 
