@@ -39,7 +39,9 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
-    package_data={"hf_negmerge": ["py.typed", "evaluation/metrics/*/*.py", "recipes/**/*.yaml"]},
+    package_data={
+        "hf_negmerge": ["py.typed", "evaluation/metrics/*/*.py", "recipes/**/*.yaml", "hub/templates/*.md"]
+    },
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -28,22 +28,26 @@ METRICS = ("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy"
 
 
 def run_seed(recipe_name: str, seed: int, output_root: Path, overrides: list[str]) -> dict[str, Any]:
-    """Run (or resume) the recipe for one seed; return its rows and the original's numbers."""
+    """Run (or resume) the recipe for one seed; return its rows and the original's numbers, read
+    back from the run's metrics.json (`hf_negmerge.results.RunResults`)."""
     from hf_negmerge.pipeline import run_unlearning
     from hf_negmerge.recipe import load_recipe
+    from hf_negmerge.results import RunResults
 
-    recipe = load_recipe(
-        recipe_name, [*overrides, f"seed={seed}", f"output_dir={output_root / f'seed-{seed}'}"]
-    )
+    output_dir = output_root / f"seed-{seed}"
+    recipe = load_recipe(recipe_name, [*overrides, f"seed={seed}", f"output_dir={output_dir}"])
     started = time.perf_counter()
-    outcome = run_unlearning(recipe, progress=False)
-    rows = {row["method"]: row for row in outcome.rows()}
+    run_unlearning(recipe, progress=False)
+    results = RunResults.load(output_dir)
+    rows = {row["method"]: row for row in results.comparison}
     return {
         "seed": seed,
         "seconds": round(time.perf_counter() - started, 1),
-        "original": outcome.original,
-        "main": outcome.main.label,
-        "scenario": recipe.data.scenario,
+        "original": results.original,
+        "main": results.method,  # the main method's row is labelled with its name
+        "status": results.status,
+        "warnings": results.warnings,
+        "scenario": results.scenario,
         "methods": {_method_name(label): row for label, row in rows.items() if label != "original"},
     }
 
@@ -127,7 +131,8 @@ def main() -> None:
         row = result["methods"][result["main"]]
         print(
             f"seed {seed}: {result['seconds']:.0f} s; {result['main']} forget {row['forget_accuracy']:.1f}, "
-            f"retain {row['retain_accuracy']:.1f} (original {result['original']['retain_accuracy']:.1f})",
+            f"retain {row['retain_accuracy']:.1f} (original {result['original']['retain_accuracy']:.1f}); "
+            f"status: {result['status']}",
             flush=True,
         )
         results.append(result)

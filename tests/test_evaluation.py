@@ -32,10 +32,9 @@ from hf_negmerge.evaluation import (
     mia_efficacy,
     predict,
     predict_dataset,
-    render_report,
     select_members,
+    to_jsonable,
     write_comparison,
-    write_report,
 )
 from hf_negmerge.evaluation.plots import (
     _common_dotted_prefix,
@@ -490,37 +489,21 @@ def test_comparison_json_round_trip_and_nan(tmp_path):
     assert parse_markdown_table((tmp_path / "table.md").read_text())[0]["method"] == "negmerge"
 
 
-def test_write_report_writes_metrics_and_markdown_atomically(tmp_path):
+def test_to_jsonable_converts_dataclasses_scalars_and_paths():
     selection = select_lambda(
         [LambdaPoint(0.0, 59.64, 63.34), LambdaPoint(0.9, 27.4, 60.38), LambdaPoint(1.0, 20.0, 50.0)], 63.34
     )
-    summary = {
-        "title": "cars",
-        "methods": ROWS,
-        "forget_set": "cars",
-        "seed": np.int64(0),
-        "lambda_selection": selection,
-        "paths": {"output": Path("/tmp/out")},
-        "config": {"lambda_grid": [0.0, 0.05, 0.1]},
-    }
-    metrics_path, report_path = write_report(tmp_path / "run", summary)
-    metrics = json.loads(metrics_path.read_text())
-    assert metrics["methods"] == ROWS and metrics["seed"] == 0
-    assert metrics["lambda_selection"]["scale"] == 0.9
-    assert metrics["lambda_selection"]["curve"][1] == {
+    values = to_jsonable(
+        {"seed": np.int64(0), "selection": selection, "path": Path("/tmp/out"), "gap": math.inf}
+    )
+    assert json.loads(json.dumps(values)) == values  # plain JSON types only
+    assert values["seed"] == 0 and values["path"] == "/tmp/out" and values["gap"] is None
+    assert values["selection"]["scale"] == 0.9
+    assert values["selection"]["curve"][1] == {
         "scale": 0.9,
         "forget_accuracy": 27.4,
         "retain_accuracy": 60.38,
     }
-    report = report_path.read_text()
-    assert report.startswith("# cars")
-    table = report.split("## Method comparison", 1)[1].split("\n\n")[1]
-    assert [row["method"] for row in parse_markdown_table(table)] == ["negmerge", "uniform", "original"]
-    assert "/tmp/out" in report and "### lambda_selection" in report
-    grid_row = next(line for line in report.splitlines() if "lambda_grid" in line)
-    assert "0, 0.05, 0.1" in grid_row
-    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["metrics.json", "report.md"]
-    assert render_report(summary) == report
 
 
 # --- plots -----------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from hf_negmerge.hub import (
     write_model_card,
 )
 from hf_negmerge.hub.negation_vector import ENCODINGS, choose_encoding, pack_bits, unpack_bits
+from hf_negmerge.hub.push import BaseModelNotCheckedWarning
 from hf_negmerge.key_space import checkpoint_state_dict
 from hf_negmerge.merging import merge_task_vectors
 from hf_negmerge.outputs import seal_output_folder
@@ -53,6 +54,7 @@ SCALE = 0.85
 REPO = "alice/vit-unlearned"
 
 METRICS = {
+    "format_version": 1,
     "method": "negmerge",
     "scale": SCALE,
     "base_model": "alice/vit-tiny-digits",
@@ -75,7 +77,14 @@ METRICS = {
         {"scale": 0.0, "forget_accuracy": 97.5, "retain_accuracy": 96.25},
         {"scale": 0.85, "forget_accuracy": 12.5, "retain_accuracy": 91.25},
     ],
-    "selection": {"qualified": True, "reason": "lowest forget accuracy with retain ≥ 0.95 × original"},
+    "selection": {
+        "scale": 0.85,
+        "qualified": True,
+        "reason": "lowest forget accuracy with retain ≥ 0.95 × original",
+        "threshold": 91.4375,
+        "point": {"scale": 0.85, "forget_accuracy": 12.5, "retain_accuracy": 91.25},
+        "original": {"scale": 0.0, "forget_accuracy": 97.5, "retain_accuracy": 96.25},
+    },
     "grid": [
         {"run": "run-lr1e-3-ep2", "learning_rate": 0.001, "epochs": 2},
         {"run": "run-lr3e-3-ep4", "learning_rate": 0.003, "epochs": 4},
@@ -247,7 +256,12 @@ def test_card_body_documents_config_grid_curve_sparsity_and_limitations(tmp_path
 
 
 def test_card_tolerates_missing_optional_parts(tmp_path: Path) -> None:
-    minimal = {"base_model": "org/base", "forget_dataset": "org/data", "unlearned": {"forget_accuracy": 30.0}}
+    minimal = {
+        "format_version": 1,
+        "base_model": "org/base",
+        "forget_dataset": "org/data",
+        "unlearned": {"forget_accuracy": 30.0},
+    }
     card = ModelCard.load(write_model_card(UnlearningCardData.from_metrics_json(minimal), tmp_path))
     assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("accuracy", 30.0)]
     assert "Membership inference was not measured" in card.text
@@ -256,6 +270,7 @@ def test_card_tolerates_missing_optional_parts(tmp_path: Path) -> None:
 
 def test_card_from_a_pipeline_style_metrics_file_without_a_hub_base_model(tmp_path: Path) -> None:
     metrics = {
+        "format_version": 1,
         "method": "uniform",
         "scale": 0.4,
         "base_model": None,  # θ₀ built from a config: nothing on the Hub to link
@@ -274,7 +289,11 @@ def test_card_from_a_pipeline_style_metrics_file_without_a_hub_base_model(tmp_pa
             "unlearn_accuracy": 95.0,
         },
         "retrain": {"forget_accuracy": 0.0, "retain_accuracy": 98.5, "test_accuracy": 88.0},
-        "selection": {"qualified": False, "reason": "no λ kept retain ≥ 93.1; took the least retain drop"},
+        "selection": {
+            "qualified": False,
+            "reason": "no λ kept retain ≥ 93.1; took the least retain drop",
+            "point": {"scale": 0.4, "forget_accuracy": 6.0, "retain_accuracy": 91.0},
+        },
         "kept_fraction": 0.2,
     }
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
@@ -540,7 +559,8 @@ def test_push_needs_metrics_and_a_hub_base_model(run: Run, tmp_path: Path) -> No
     staging.mkdir()
     with pytest.raises(ConfigError, match="Hub id"):
         prepare_upload_folder(run.out, staging, base_model="./local/base")
-    names = prepare_upload_folder(run.out, staging, base_model="bob/other-base")
+    with pytest.warns(BaseModelNotCheckedWarning, match="'bob/other-base' was not checked"):
+        names = prepare_upload_folder(run.out, staging, base_model="bob/other-base")  # offline, not cached
     assert "bob/other-base" in (staging / "README.md").read_text()
     assert "merged_task_vector.safetensors" not in names
 

@@ -398,7 +398,7 @@ def test_unlearn_rerun_into_its_own_folder(
     published_before = published_files(run_copy)
     code = cli_main(unlearn(run_copy, cache, *extra))
     monkeypatch.undo()
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == case.code, err
     assert "Traceback" not in err
     for fragment in case.fragments:
@@ -408,7 +408,9 @@ def test_unlearn_rerun_into_its_own_folder(
     if case.kept_published:
         assert published_files(run_copy) == published_before
     assert not list((run_copy / "work").glob(f"{STAGING_PREFIX}*"))
-    if code == 0:
+    if code == 0:  # the summary ends with the run's status, as metrics.json records it
+        status = json.loads((run_copy / "metrics.json").read_text())["status"]
+        assert f"Status: {status} — " in out
         manifest = verify_output_folder(run_copy)
         assert "notes.txt" not in manifest.files  # the user's file is not counted as an output
         assert cli_main(["push", str(run_copy), "--repo-id", REPO, "--dry-run"]) == 0
@@ -619,6 +621,7 @@ def _sealed_folder(root: Path) -> Path:
     (out / "metrics.json").write_text(
         json.dumps(
             {
+                "format_version": 1,
                 "base_model": "alice/base",
                 "forget_dataset": "alice/data",
                 "scale": 0.5,

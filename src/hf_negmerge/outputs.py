@@ -20,72 +20,33 @@ import yaml
 
 from .checkpoints import atomic_write_text
 from .errors import ConfigError, NegMergeError
-from .evaluation import markdown_table, to_jsonable, write_comparison
+from .evaluation import markdown_table, write_comparison
 from .evaluation.plots import plot_kept_fraction, plot_lambda_curves
+from .results import METRICS_FILE, RunResults, UnlearningOutcome
 from .task_vector import MERGED_VECTOR_NAME
 
 if TYPE_CHECKING:
     from .config import NegMergeConfig
-    from .pipeline import MethodOutcome, UnlearningOutcome
     from .recipe import UnlearnRecipe
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 LAMBDA_PLOT = "lambda_curves.png"
 KEPT_PLOT = "kept_fraction.png"
 
 
-def _curve(outcome: MethodOutcome) -> list[dict[str, float]]:
-    return [dataclasses.asdict(point) for point in outcome.selection.curve]
+def inherited_license(base: str | Path | None) -> str | None:
+    """The license of θ₀ when it is known offline: from a local folder's README.md metadata."""
+    if base is None or not (Path(base) / "README.md").is_file():
+        return None
+    from huggingface_hub import ModelCard
 
-
-def _selection(outcome: MethodOutcome) -> dict[str, Any]:
-    selection = outcome.selection
-    return {
-        "scale": selection.scale,
-        "qualified": selection.qualified,
-        "reason": selection.reason,
-        "threshold": selection.threshold,
-        "original": dataclasses.asdict(selection.original),
-        "point": dataclasses.asdict(selection.point),
-    }
-
-
-def metrics_summary(recipe: UnlearnRecipe, outcome: UnlearningOutcome) -> dict[str, Any]:
-    """The JSON record of a run; its keys are what the model card reads."""
-    main = outcome.main
-    grid = [{"run_id": point.id, **point.overrides} for point in recipe.grid.expand()]
-    return to_jsonable(
-        {
-            "method": main.method,
-            "scale": main.selection.scale,
-            "base_model": outcome.original_model.get("base_model", recipe.model.name_or_path),
-            "base_model_sha256": outcome.original_model.get("sha256"),
-            "original_model": outcome.original_model,
-            "architecture": recipe.model.architecture,
-            "forget_dataset": recipe.data.dataset,
-            "control_dataset": recipe.data.control_dataset,
-            "scenario": recipe.data.scenario,
-            "forget_classes": recipe.data.forget_classes,
-            "data": outcome.data_summary,
-            "original": outcome.original,
-            "unlearned": main.test,
-            "retrain": outcome.retrain,
-            "selection": _selection(main),
-            "lambda_curve": _curve(main),
-            "kept_fraction": outcome.merge.stats.kept_fraction,
-            "merge_stats": {k: v for k, v in outcome.merge.stats.to_dict().items() if k != "tensors"},
-            "comparison": outcome.rows(),
-            "comparison_curves": {o.label: _curve(o) for o in outcome.comparison},
-            "task_arithmetic_per_run": [o.row() | {"run_id": o.run_id} for o in outcome.per_run],
-            "grid": grid,
-            "config": dataclasses.replace(recipe.merge, scale=main.selection.scale).to_dict(),
-            "recipe": recipe.to_dict(),
-            "seconds": {key: round(value, 2) for key, value in outcome.seconds.items()},
-        }
-    )
+    try:
+        return ModelCard.load(Path(base) / "README.md").data.license
+    except (ValueError, OSError) as error:
+        logger.warning("Could not read the license of %s: %s", base, error)
+        return None
 
 
 def _merged_tensors_line(config: NegMergeConfig, covered: list[str], finetuned: list[str]) -> str:
@@ -124,6 +85,16 @@ def _original_line(original: dict[str, Any]) -> str:
     return line + "."
 
 
+#: What the status column means (report.md; the criterion is `hf_negmerge.results`' docstring).
+STATUS_LEGEND = (
+    "Status: *unlearned* when the λ kept retain (or control) validation accuracy ≥ retain_ratio × the "
+    "original's and the test forget accuracy closed at least half of the gap between the original's and "
+    "the reference (retrain when measured; otherwise 0 for class forgetting, the original's test accuracy "
+    "for random forgetting, chance for a whole dataset); *retain constraint not met* when no λ qualified; "
+    "*not unlearned* otherwise."
+)
+
+
 def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome, finetuned: list[str]) -> str:
     """report.md; `finetuned`: the fine-tuned tensor names (`finetuned_tensor_names`)."""
     main = outcome.main
@@ -140,11 +111,17 @@ def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome, finetuned: 
         "",
         _merged_tensors_line(recipe.merge, outcome.merge.task_vector.keys(), finetuned),
         "",
+        f"**{outcome.status_line()}**",
+        "",
+        *[f"> Warning: {message}" for message in outcome.warnings],
+        *([""] if outcome.warnings else []),
         "## Results (test splits, percent)",
         "",
         markdown_table(outcome.rows()),
         "",
         f"Every method's λ was chosen on validation splits by the same rule: {main.selection.reason}",
+        "",
+        STATUS_LEGEND,
         "",
         f"![λ curves]({LAMBDA_PLOT})",
         "",
@@ -185,8 +162,10 @@ def build_output_files(
     base_model = outcome.original_model.get("base_model") or recipe.model.name_or_path or base_dir
     vector.metadata.update(scale=main.selection.scale, base_model=str(base_model))
     vector.save(staging / MERGED_VECTOR_NAME)
-    summary = metrics_summary(recipe, outcome)
-    atomic_write_text(staging / METRICS_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    results = RunResults.from_outcome(
+        recipe, outcome, license=inherited_license(recipe.model.name_or_path or base_dir)
+    )
+    results.save(staging)
     atomic_write_text(
         staging / REPORT_FILE, render_report(recipe, outcome, finetuned_tensor_names(unlearned))
     )
@@ -201,7 +180,7 @@ def build_output_files(
     )
     from .hub.card import UnlearningCardData, write_model_card
 
-    write_model_card(UnlearningCardData.from_metrics_json(summary, plots=[LAMBDA_PLOT, KEPT_PLOT]), staging)
+    write_model_card(UnlearningCardData.from_results(results, plots=[LAMBDA_PLOT, KEPT_PLOT]), staging)
 
 
 # ---------------------------------------------------------------------------------------------

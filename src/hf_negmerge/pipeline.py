@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,9 @@ from .errors import ConfigError
 from .evaluation import Predictions, avg_gap, mia_efficacy, predict
 from .key_space import KeyNames
 from .lambda_search import LambdaPoint, LambdaSelection, search_lambda
-from .merging import MergeResult, merge_task_vectors
+from .merging import merge_task_vectors
 from .recipe import UnlearnRecipe, check_sources
+from .results import METRICS_FILE, MethodOutcome, UnlearningOutcome, best_single_run
 from .task_vector import TaskVector, select_keys
 
 logger = logging.getLogger(__name__)
@@ -134,55 +135,6 @@ class Evaluator:
 
     def accuracy(self, split: str) -> float:
         return self.predict(split).accuracy()
-
-
-# ---------------------------------------------------------------------------------------------
-# Results.
-
-
-@dataclass
-class MethodOutcome:
-    """One merge method's chosen λ, its validation curve and its test numbers (percent)."""
-
-    method: str
-    label: str
-    selection: LambdaSelection
-    test: dict[str, float]
-    kept_fraction: float | None = None
-    run_id: str | None = None
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "method": self.label,
-            "scale": self.selection.scale,
-            "qualified": self.selection.qualified,
-            "val_forget_accuracy": self.selection.point.forget_accuracy,
-            "val_retain_accuracy": self.selection.point.retain_accuracy,
-            **self.test,
-            "kept_fraction": self.kept_fraction,
-        }
-
-
-@dataclass
-class UnlearningOutcome:
-    output_dir: Path
-    original: dict[str, float]
-    main: MethodOutcome
-    comparison: list[MethodOutcome]
-    per_run: list[MethodOutcome]
-    retrain: dict[str, float] | None
-    merge: MergeResult
-    data_summary: dict[str, Any]
-    run_ids: list[str]
-    seconds: dict[str, float] = field(default_factory=dict)
-    original_model: dict[str, Any] = field(default_factory=dict)  # what θ₀ was: see describe_original
-
-    def rows(self) -> list[dict[str, Any]]:
-        rows = [{"method": "original", "scale": 0.0, **self.original}]
-        if self.retrain is not None:
-            rows.append({"method": "retrain", **self.retrain})
-        rows += [outcome.row() for outcome in [self.main, *self.comparison]]
-        return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,7 +490,7 @@ def describe_plan(recipe: UnlearnRecipe) -> str:
         f"comparison: {', '.join(recipe.comparison) or 'none'}",
         f"evaluation: MIA {'on' if recipe.mia_enabled else 'off'}, retrain reference "
         f"{'on' if recipe.evaluation.retrain else 'off'}",
-        f"outputs: {recipe.output_dir} (model, metrics.json, report.md, plots, README.md); runs in "
+        f"outputs: {recipe.output_dir} (model, {METRICS_FILE}, report.md, plots, README.md); runs in "
         f"{Path(recipe.output_dir) / WORK_DIR / 'grid'}",
     ]
     lines += [f"note: {note}" for note in notes]
@@ -659,7 +611,7 @@ def _run_claimed(
                 )
                 for run_id, vector in zip(run_ids, vectors(), strict=False)
             ]
-            best = min(per_run, key=lambda o: (not o.selection.qualified, o.selection.point.forget_accuracy))
+            best = best_single_run(per_run)
             comparison.append(dataclasses.replace(best, label=f"task_arithmetic (best: {best.run_id})"))
             continue
         merged = merge_task_vectors(vectors(), config, key_names)
@@ -710,6 +662,7 @@ def _run_claimed(
         seconds,
         original_model,
     )
+    outcome.assess(recipe.data.scenario)  # statuses, and warnings for a λ at the grid's edge or a tiny vector
     evaluator.set_weights(grid.task_vector, main.selection.scale)
     seconds["total"] = time.perf_counter() - started
     write_outputs(recipe, outcome, evaluator.classifier, base_dir)

@@ -25,7 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base-model",
         default=None,
-        help="Hub id of the original model, when metrics.json has none or a local path.",
+        help="Hub id of the original model, when metrics.json has none or a local path; checked "
+        "against the model's config when that can be resolved.",
+    )
+    parser.add_argument(
+        "--license",
+        default=None,
+        help="License id for the card (default: the one recorded at run time or the base model's).",
     )
     parser.add_argument(
         "--dry-run",
@@ -41,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         with tempfile.TemporaryDirectory(prefix="hf-negmerge-push-dry-run-") as staging:
             names = prepare_upload_folder(
-                args.output_dir, staging, args.repo_id, include_vector, base_model=args.base_model
+                args.output_dir,
+                staging,
+                args.repo_id,
+                include_vector,
+                base_model=args.base_model,
+                license=args.license,
             )
             sizes = {name: (Path(staging) / name).stat().st_size for name in names}
         print(f"Would upload {len(names)} files to {args.repo_id}:")
@@ -56,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         commit_message=args.commit_message,
         include_vector=include_vector,
         base_model=args.base_model,
+        license=args.license,
     )
     print(f"Pushed {args.output_dir} to {args.repo_id}: {url}")
     return 0

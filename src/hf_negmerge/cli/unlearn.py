@@ -49,15 +49,23 @@ def run(args: argparse.Namespace) -> int:
     threads = configure_torch_threads()
     if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
         print(f"torch threads per process: {threads} (set OMP_NUM_THREADS to change)")
+    import warnings
+
     from ..evaluation import markdown_table
     from ..pipeline import run_unlearning
+    from ..results import OutcomeWarning
 
-    outcome = run_unlearning(recipe, progress=not args.no_progress, overwrite=args.overwrite)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutcomeWarning)  # printed once, with the summary below
+        outcome = run_unlearning(recipe, progress=not args.no_progress, overwrite=args.overwrite)
     if outcome is None:  # a non-main process under accelerate launch
         return 0
     print()
     print(markdown_table(outcome.rows()))
     print()
     print(outcome.main.selection.reason)
+    print(outcome.status_line())
+    for message in outcome.warnings:
+        print(f"Warning: {message}")
     print(f"Unlearned model and report written to {outcome.output_dir} ({outcome.seconds['total']:.0f} s).")
     return 0

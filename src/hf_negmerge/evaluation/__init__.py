@@ -11,10 +11,8 @@ from .report import (
     COLUMNS,
     comparison_json,
     markdown_table,
-    render_report,
     to_jsonable,
     write_comparison,
-    write_report,
 )
 from .unlearning_metrics import UnlearningMetrics, compute_unlearning_metrics
 
@@ -38,9 +36,7 @@ __all__ = [
     "mia_efficacy",
     "predict",
     "predict_dataset",
-    "render_report",
     "select_members",
     "to_jsonable",
     "write_comparison",
-    "write_report",
 ]

@@ -1,4 +1,7 @@
-"""Method-comparison tables (markdown for people, JSON for scripts) and the run report.
+"""Method-comparison tables (markdown for people, JSON for scripts).
+
+The run report (`report.md`) is `hf_negmerge.outputs.render_report`, and `metrics.json` is read
+and written only by `hf_negmerge.results`.
 
 Rows are plain dicts, one per method, with any subset of the known columns; a missing value
 prints as "—" and a column nobody filled is left out, so partial runs still give a clean table.
@@ -18,8 +21,6 @@ from typing import Any
 from ..checkpoints import atomic_write_text
 
 MISSING = "—"
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
 
 
 @dataclass(frozen=True)
@@ -141,61 +142,3 @@ def write_comparison(
     """Write the comparison table as markdown and as JSON, each file atomically."""
     atomic_write_text(markdown_path, markdown_table(rows) + "\n")
     atomic_write_text(json_path, comparison_json(rows))
-
-
-def _is_table(value: Any) -> bool:
-    return (
-        isinstance(value, (list, tuple)) and bool(value) and all(isinstance(item, Mapping) for item in value)
-    )
-
-
-def _inline(value: Any) -> str:
-    """A scalar, or a list of scalars joined by commas (λ grids, file lists)."""
-    if isinstance(value, (list, tuple)):
-        return (
-            ", ".join(f"{item:g}" if isinstance(item, float) else format_value(item) for item in value)
-            or MISSING
-        )
-    return format_value(value)
-
-
-def _render_mapping(values: Mapping[str, Any], heading: str, level: int) -> list[str]:
-    """Inline entries as one key/value table under `heading`, then nested entries as subsections."""
-    inline = {
-        key: item for key, item in values.items() if not isinstance(item, Mapping) and not _is_table(item)
-    }
-    lines = [f"{'#' * min(level, 6)} {heading}", ""]
-    if inline:
-        lines += [markdown_table([{"key": key, "value": _inline(item)} for key, item in inline.items()]), ""]
-    for key, item in values.items():
-        if key in inline:
-            continue
-        if isinstance(item, Mapping):
-            lines += _render_mapping(item, str(key), level + 1)
-        else:
-            lines += [f"{'#' * min(level + 1, 6)} {key}", "", markdown_table(item), ""]
-    return lines
-
-
-def render_report(summary: Mapping[str, Any], title: str = "hf-negmerge report") -> str:
-    """Markdown for a run summary: "methods" (list of rows) first as the comparison table, then
-    the other entries: scalars and lists of scalars in a key/value table, dicts as subsections,
-    lists of dicts as tables. A "title" entry replaces `title`."""
-    summary = to_jsonable(summary)
-    lines = [f"# {summary.get('title', title)}", ""]
-    if summary.get("methods"):
-        lines += ["## Method comparison", "", markdown_table(summary["methods"]), ""]
-    rest = {key: value for key, value in summary.items() if key not in ("title", "methods")}
-    if rest:
-        lines += _render_mapping(rest, "Details", 2)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def write_report(directory: str | Path, summary: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write `metrics.json` (the summary, JSON) and `report.md` (rendered) into `directory`, atomically."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    metrics_path, report_path = directory / METRICS_FILE, directory / REPORT_FILE
-    atomic_write_text(metrics_path, json.dumps(to_jsonable(summary), indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(report_path, render_report(summary))
-    return metrics_path, report_path

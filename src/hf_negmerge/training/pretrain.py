@@ -186,27 +186,20 @@ def prepare_original_model(
     record = {
         **settings,
         "seconds": round(time.time() - started, 2),
-        "train_accuracy": accuracy(classifier, dataset),
+        "train_accuracy": _fraction_correct(classifier, dataset),
     }
     if eval_dataset is not None:
-        record["eval_accuracy"] = accuracy(classifier, eval_dataset)
+        record["eval_accuracy"] = _fraction_correct(classifier, eval_dataset)
     classifier.save_pretrained(target)
     atomic_write_text(target / PRETRAIN_RECORD_FILE, json.dumps(record, indent=2) + "\n")
     return target
 
 
-@torch.no_grad()
-def accuracy(classifier: Any, dataset: Any, batch_size: int = 256) -> float:
-    """Top-1 accuracy of `classifier` on a dataset with `image` and `label` columns."""
-    pixels, labels = _encode(classifier, dataset)
-    was_training = classifier.training
-    classifier.eval()
-    correct = sum(
-        int((classifier(pixels[i : i + batch_size]).argmax(dim=-1) == labels[i : i + batch_size]).sum())
-        for i in range(0, len(labels), batch_size)
-    )
-    classifier.train(was_training)
-    return correct / len(labels)
+def _fraction_correct(classifier: Any, dataset: Any) -> float:
+    """Top-1 accuracy as a fraction (0–1), for the θ₀ record; evaluation's one `accuracy` does the work."""
+    from ..evaluation import predict_dataset
+
+    return predict_dataset(classifier, dataset, batch_size=256).accuracy() / 100.0
 
 
 def _encode(classifier: Any, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
