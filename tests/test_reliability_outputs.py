@@ -566,6 +566,42 @@ def test_push_of_a_real_run_uploads_exactly_the_published_files(run_copy: Path, 
     assert listed <= uploaded and "notes.txt" not in uploaded and MANIFEST_FILE not in uploaded
 
 
+@pytest.mark.slow
+def test_push_stages_outside_the_folder_and_cleans_what_a_killed_push_left(
+    run_copy: Path, hub: HubStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload is assembled in the temp folder (nothing appears beside or in the output
+    folder); a staging folder whose push was killed (its pid is gone) is removed by the next push,
+    one of a live process is left alone."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from hf_negmerge.hub.push import PUSH_SCRATCH_PREFIX
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    killed, live = scratch / f"{PUSH_SCRATCH_PREFIX}killed", scratch / f"{PUSH_SCRATCH_PREFIX}live"
+    for folder, pid in ((killed, int(dead.stdout)), (live, os.getpid())):
+        (folder / "work").mkdir(parents=True)
+        (folder / "work" / "model.safetensors").write_bytes(b"partial")
+        record = {"tool": "hf-negmerge", "pid": pid, "host": socket.gethostname()}
+        (folder / ".hf_negmerge_staging.json").write_text(json.dumps(record))
+    before = fingerprint(run_copy)
+    siblings = sorted(path.name for path in run_copy.parent.iterdir())
+    push_unlearned_model(run_copy, REPO)
+    assert "model.safetensors" in set(hub.repos[REPO].files("main"))
+    assert not killed.exists() and live.is_dir()
+    assert sorted(path.name for path in scratch.iterdir()) == [live.name]  # its own staging is gone too
+    assert fingerprint(run_copy) == before
+    assert sorted(path.name for path in run_copy.parent.iterdir()) == siblings
+
+
 # -- 6. bounded network waits; per-command Ctrl-C messages -------------------------------------------------------------
 class SilentServer:
     """Listens on 127.0.0.1 and never answers: the kernel accepts connections and buffers the

@@ -362,6 +362,25 @@ def _is_stale(folder: Path) -> bool:
     return tool == "hf-negmerge" and host == socket.gethostname() and not _process_alive(pid)
 
 
+@contextlib.contextmanager
+def owned_scratch_folder(prefix: str, parent: str | Path | None = None) -> Iterator[Path]:
+    """A scratch folder `<parent>/<prefix>*/work`, removed on exit, that a killed process leaves
+    for the next caller: folders of `prefix` whose owner record names a process that is gone
+    (SIGKILL, power loss) are removed first. `parent` defaults to the system temp folder.
+    """
+    parent = Path(parent or tempfile.gettempdir())
+    for folder in parent.glob(f"{prefix}*"):
+        if folder.is_dir() and not folder.is_symlink() and _is_stale(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        _write_owner(root)
+        (root / "work").mkdir()
+        yield root / "work"  # the owner record stays outside what the caller fills
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def remove_stale_staging(path: str | Path) -> list[Path]:
     """Clean up after a killed run writing `path`: its `.NAME.tmp-*` and `.NAME.old-*` folders.
 

@@ -8,16 +8,15 @@ the dense `merged_task_vector.safetensors` are not uploaded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..checkpoints import owned_scratch_folder
 from ..config import CONFIG_NAME, NegMergeConfig
 from ..errors import CheckpointError, ConfigError
 from ..outputs import MANIFEST_FILE, verify_output_folder
@@ -30,6 +29,7 @@ from .card_data import first_base_model
 from .negation_vector import NegationVector
 
 DENSE_VECTOR_NAME = MERGED_VECTOR_NAME
+PUSH_SCRATCH_PREFIX = "hf-negmerge-push-"
 MODEL_CONFIG_NAME = "config.json"
 _NOT_UPLOADED = {DENSE_VECTOR_NAME, CARD_NAME, MANIFEST_FILE}
 
@@ -48,17 +48,6 @@ def _plots(files: list[Path]) -> list[str]:
     """PNG names, the λ curve first (the card embeds them in this order)."""
     pngs = [path.name for path in files if path.suffix.lower() == ".png"]
     return sorted(pngs, key=lambda name: ("lambda" not in name.lower(), name))
-
-
-@contextlib.contextmanager
-def _staging_folder(near: Path) -> Iterator[Path]:
-    """A temporary folder on the same filesystem as `near` when possible (so hard links work)."""
-    try:
-        staging = tempfile.TemporaryDirectory(prefix=f".{near.name}.push-", dir=near.parent)
-    except OSError:
-        staging = tempfile.TemporaryDirectory(prefix="hf-negmerge-push-")
-    with staging as folder:
-        yield Path(folder)
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
@@ -273,7 +262,9 @@ def push_unlearned_model(
     """
     check_repo_id(repo_id)
     output_dir = Path(output_dir)
-    with _staging_folder(output_dir) as staging:
+    # assembled in the system temp folder, never beside the user's folder; a killed push's
+    # leftovers are removed by the next push
+    with owned_scratch_folder(PUSH_SCRATCH_PREFIX) as staging:
         card_data = _assemble(output_dir, staging, repo_id, include_vector, card_data, base_model, license)
         scale = card_data.scale
         message = commit_message or (
