@@ -284,3 +284,51 @@ def test_eurosat_recipe_override_uses_the_authors_validation_split(tmp_path):
         "lake or sea",
     ]
     assert "validation split 'validation'" in data.validation_source
+
+
+@pytest.mark.slow
+def test_run_scores_the_control_set_with_the_recipe_control_head(tmp_path):
+    """data.control_prompt_* reach the evaluation: θ₀'s control accuracy equals a direct check."""
+    from hf_negmerge.data import build_unlearning_data, load_digits_dataset
+    from hf_negmerge.evaluation import predict_dataset
+    from hf_negmerge.models import ImageClassifier
+    from hf_negmerge.pipeline import run_unlearning
+
+    control_dir = tmp_path / "control"
+    load_digits_dataset(seed=1).save_to_disk(str(control_dir))
+    # words the tiny tokenizer knows (it is built from the forget prompts): the digits, reversed by id
+    names = [str(digit) for digit in reversed(range(10))]
+    templates = ["a {} digit."]
+    recipe = recipe_from_dict(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "data": {
+                "dataset": "digits",
+                "scenario": "dataset",
+                "control_dataset": str(control_dir),
+                "control_prompt_names": names,
+                "control_prompt_templates": templates,
+                "max_samples": 300,
+            },
+            "model": {"architecture": "clip", "prompt_templates": ["a photo of a {}.", "a {} digit."]},
+            "original": {"train": True, "epochs": 3, "cache_dir": str(tmp_path / "cache")},
+            "grid": {
+                "base": {"learning_rate": 0.001, "epochs": 1, "batch_size": 64, "warmup_steps": 0},
+                "axes": {"seed": [0, 1]},
+            },
+            "merge": {"lambda_grid": [0.0, 0.5]},
+            "comparison": ["uniform"],
+        }
+    )
+    outcome = run_unlearning(recipe, progress=False)
+    (original_dir,) = list((tmp_path / "cache").iterdir())
+    classifier = ImageClassifier.from_pretrained(original_dir)
+    data = build_unlearning_data(recipe.data)
+    classifier.zero_shot_head = independent_head(classifier, names, templates)
+    expected = predict_dataset(classifier, data.control_test).accuracy()
+    classifier.zero_shot_head = independent_head(
+        classifier, data.control_class_names, recipe.model.prompt_templates
+    )
+    without = predict_dataset(classifier, data.control_test).accuracy()
+    assert expected != pytest.approx(without)  # the control head's text changes the number
+    assert outcome.original["control_accuracy"] == pytest.approx(expected)

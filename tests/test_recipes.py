@@ -27,6 +27,9 @@ def test_every_packaged_recipe_dry_runs_offline(name, capsys):
     size = next(value for prefix, value in EXPECTED_GRID_SIZES.items() if name.startswith(prefix))
     assert f"grid: {size} fine-tuning run(s)" in plan
     assert "outputs:" in plan
+    if name.startswith("clip-vit-"):  # the authors' trained set and ImageNet's own head text
+        assert "trained: vision tower except its attention q/k/v/out projections + visual_projection" in plan
+        assert "control head: templates 'imagenet' (80), class names 'imagenet' (1000)" in plan
 
 
 def test_all_paper_datasets_have_a_recipe():
