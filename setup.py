@@ -40,7 +40,13 @@ setup(
     packages=find_packages("src"),
     include_package_data=True,
     package_data={
-        "hf_negmerge": ["py.typed", "evaluation/metrics/*/*.py", "recipes/**/*.yaml", "hub/templates/*.md"]
+        "hf_negmerge": [
+            "py.typed",
+            "evaluation/metrics/*/*.py",
+            "recipes/**/*.yaml",
+            "hub/templates/*.md",
+            "models/*.json",  # the ImageNet prompt templates and class names (data, not code)
+        ]
     },
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

@@ -466,8 +466,9 @@ def test_dataset_prompt_sets_are_valid_and_looked_up_by_name():
     assert prompt_templates_for("stanford_cars") == PROMPT_TEMPLATE_SETS["cars"]
     assert "a centered satellite photo of the {}." in prompt_templates_for("eurosat")
     assert len(prompt_templates_for("resisc45")) == 18 and len(prompt_templates_for("dtd")) == 8
-    with pytest.raises(ConfigError, match="imagenet"):
-        prompt_templates_for("imagenet")
+    assert len(prompt_templates_for("ImageNet")) == 80  # the control set's own (OpenAI's) ensemble
+    with pytest.raises(ConfigError, match="cifar10"):
+        prompt_templates_for("cifar10")
 
 
 def test_offline_hub_id_loads_from_the_local_hub_cache(monkeypatch, tmp_path):

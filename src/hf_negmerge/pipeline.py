@@ -93,7 +93,8 @@ class Evaluator:
     """Applies θ₀ − λ·τ to one working copy of the classifier and scores encoded splits.
 
     Control splits (another dataset, e.g. ImageNet) are scored with their own zero-shot head,
-    built once from the control class names; the image encoder is shared.
+    built once from the control class names and, when given, the control set's own prompt
+    templates (else the forget set's); the image encoder is shared.
     """
 
     CONTROL_SPLITS = ("control_val", "control_test")
@@ -104,6 +105,7 @@ class Evaluator:
         splits: dict[str, EncodedSplit],
         batch_size: int,
         control_class_names: list[str] | None = None,
+        control_templates: list[str] | None = None,
     ) -> None:
         self.classifier = classifier.eval()
         self.splits = splits
@@ -118,7 +120,7 @@ class Evaluator:
                 )
             self._heads = {
                 "forget": classifier.zero_shot_head,
-                "control": classifier.compute_head(control_class_names),
+                "control": classifier.compute_head(control_class_names, control_templates),
             }
 
     def set_weights(self, vector: TaskVector | None, scale: float) -> None:
@@ -135,6 +137,28 @@ class Evaluator:
 
     def accuracy(self, split: str) -> float:
         return self.predict(split).accuracy()
+
+
+def control_head_text(
+    recipe: UnlearnRecipe, data: UnlearningData
+) -> tuple[list[str] | None, list[str] | None]:
+    """(names, templates) the control head is built from: data.control_prompt_names (else the
+    control dataset's class names) and data.control_prompt_templates (else the forget set's)."""
+    names, templates = recipe.data.control_head_text()
+    if names is None or data.control_test is None:
+        return data.control_class_names, templates
+    if data.control_class_names is not None:
+        num_classes = len(data.control_class_names)
+    else:
+        from .data import label_ids
+
+        num_classes = int(max(label_ids(data.control_test).max(), label_ids(data.control_val).max())) + 1
+    if len(names) != num_classes:
+        raise ConfigError(
+            f"data.control_prompt_names has {len(names)} names but the control dataset "
+            f"{recipe.data.control_dataset!r} has {num_classes} classes; give one name per label id."
+        )
+    return names, templates
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,8 +496,9 @@ def describe_plan(recipe: UnlearnRecipe) -> str:
             if recipe.original.train
             else ""
         ),
-        f"grid: {len(points)} fine-tuning run(s) on the forget set",
     ]
+    lines += _clip_plan(recipe)
+    lines += [f"grid: {len(points)} fine-tuning run(s) on the forget set"]
     lines += [f"  - {point.id}: {json.dumps(point.overrides, sort_keys=True)}" for point in points]
     warming = [point for point in points if point.hyperparameters.warmup_steps > 0]
     if warming:
@@ -495,6 +520,33 @@ def describe_plan(recipe: UnlearnRecipe) -> str:
     ]
     lines += [f"note: {note}" for note in notes]
     return "\n".join(lines)
+
+
+def _clip_plan(recipe: UnlearnRecipe) -> list[str]:
+    """The plan's lines on a CLIP's trained part and the text of its control head."""
+    model, data = recipe.model, recipe.data
+    if model.architecture != "clip":
+        return []
+    trained = "vision tower" + (
+        " except its attention q/k/v/out projections" if model.freeze_attention else ""
+    )
+    trained += " + visual_projection" if model.train_projection else ""
+    lines = [f"  trained: {trained}; text tower and zero-shot head frozen"]
+    if data.control_dataset is not None:
+        names, templates = data.control_head_text()
+
+        def described(value: Any, count: int | None, fallback: str) -> str:
+            if value is None:
+                return fallback
+            return f"{value!r} ({count})" if isinstance(value, str) else f"{count} given"
+
+        lines.append(
+            "  control head: templates "
+            + described(data.control_prompt_templates, templates and len(templates), "the forget set's")
+            + ", class names "
+            + described(data.control_prompt_names, names and len(names), "the control dataset's")
+        )
+    return lines
 
 
 def run_unlearning(
@@ -567,11 +619,9 @@ def _run_claimed(
 
     tick = time.perf_counter()
     classifier = ImageClassifier.from_pretrained(base_dir)
+    control_head = control_head_text(recipe, data)
     evaluator = Evaluator(
-        classifier,
-        _encode_all(classifier, data, recipe),
-        recipe.evaluation.batch_size,
-        data.control_class_names,
+        classifier, _encode_all(classifier, data, recipe), recipe.evaluation.batch_size, *control_head
     )
     evaluator.set_weights(None, 0.0)
     constraint = _constraint_split(evaluator)
@@ -637,7 +687,7 @@ def _run_claimed(
                 ImageClassifier.from_pretrained(retrained_dir),
                 evaluator.splits,
                 recipe.evaluation.batch_size,
-                data.control_class_names,
+                *control_head,
             )
             retrain = _test_metrics(retrained, recipe.mia_enabled)
             for outcome in [main, *comparison]:

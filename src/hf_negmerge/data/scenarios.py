@@ -123,6 +123,20 @@ class DataConfig:
     control_class_names: list[str] | None = field(
         default=None, metadata={"help": "Class names of the control dataset (None: from its ClassLabel)."}
     )
+    control_prompt_templates: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "CLIP: templates of the control set's zero-shot head: a list with '{}' or a preset name "
+            "('imagenet': OpenAI's 80, as the authors); None: the forget set's model.prompt_templates."
+        },
+    )
+    control_prompt_names: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "CLIP: the words for each control label id in the control head's prompts, by id: a list "
+            "or a preset ('imagenet': OpenAI's 1000 curated names, as the authors); None: the class names."
+        },
+    )
     validation_fraction: float = field(
         default=0.1, metadata={"help": "Fraction of a pool carved out as validation (authors: 0.1)."}
     )
@@ -193,6 +207,36 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, [str(item) for item in value])
+        self._check_control_head()
+
+    def _check_control_head(self) -> None:
+        """The control head's templates and names name a preset or list (resolved when scored)."""
+        from hf_negmerge.models.templates import resolve_class_name_set, resolve_prompt_templates
+
+        for key, resolve in (
+            ("control_prompt_templates", resolve_prompt_templates),
+            ("control_prompt_names", resolve_class_name_set),
+        ):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if self.control_dataset is None:
+                raise ConfigError(
+                    f"DataConfig.{key} is set but there is no control dataset (data.control_dataset); "
+                    "it words the control set's zero-shot head"
+                )
+            resolve(value, f"DataConfig.{key}")
+            if not isinstance(value, str):
+                setattr(self, key, list(value))
+
+    def control_head_text(self) -> tuple[list[str] | None, list[str] | None]:
+        """(names, templates) of the control head from the presets or lists; None where not set."""
+        from hf_negmerge.models.templates import resolve_class_name_set, resolve_prompt_templates
+
+        return (
+            resolve_class_name_set(self.control_prompt_names, "data.control_prompt_names"),
+            resolve_prompt_templates(self.control_prompt_templates, "data.control_prompt_templates"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -136,11 +136,15 @@ class CLIPZeroShotClassifier(ImageClassifier):
 
     # ----- zero-shot head -------------------------------------------------------------------
     @torch.no_grad()
-    def compute_head(self, class_names: Sequence[str] | None = None) -> torch.Tensor:
+    def compute_head(
+        self, class_names: Sequence[str] | None = None, templates: Sequence[str] | None = None
+    ) -> torch.Tensor:
         """FloatTensor[num_classes, projection_dim]: per class, normalise each prompt embedding,
-        average over templates, normalise again."""
+        average over templates, normalise again. Defaults: this model's class names and templates
+        (another dataset, e.g. the control set, brings its own)."""
         clip = self.clip_model
         names = self.class_names if class_names is None else list(class_names)
+        templates = self.config.prompt_templates if templates is None else list(templates)
         max_length = min(self.tokenizer.model_max_length, clip.config.text_config.max_position_embeddings)
         device = next(clip.parameters()).device
         was_training = clip.training
@@ -148,7 +152,7 @@ class CLIPZeroShotClassifier(ImageClassifier):
         rows = []
         try:
             for name in tqdm(names, desc="zero-shot head", disable=len(names) < _HEAD_PROGRESS_MIN_CLASSES):
-                prompts = [template.replace("{}", name) for template in self.config.prompt_templates]
+                prompts = [template.replace("{}", name) for template in templates]
                 tokens = self.tokenizer(
                     prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
                 ).to(device)
