@@ -232,7 +232,9 @@ class MergeConfig(_ConfigFile):
                 if not isinstance(patterns, list | tuple) or not all(
                     isinstance(p, str) and p for p in patterns
                 ):
-                    raise ConfigError(f"{owner}.{name} must be a list of non-empty strings, got {patterns!r}.")
+                    raise ConfigError(
+                        f"{owner}.{name} must be a list of non-empty strings, got {patterns!r}."
+                    )
                 setattr(self, name, list(patterns))
 
     @property
@@ -273,9 +275,13 @@ class NegMergeConfig(LambdaSearchConfig, MergeConfig):
         )
 
 
-def _check_choice(owner: str, name: str, value: object, choices: tuple[str, ...], what: str = "choice") -> None:
+def _check_choice(
+    owner: str, name: str, value: object, choices: tuple[str, ...], what: str = "choice"
+) -> None:
     if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{owner}.{name}={value!r} is not a known {what}; choose one of {', '.join(choices)}.")
+        raise ConfigError(
+            f"{owner}.{name}={value!r} is not a known {what}; choose one of {', '.join(choices)}."
+        )
 
 
 def _number(owner: str, name: str, value: object) -> float:
@@ -283,4 +289,3 @@ def _number(owner: str, name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ConfigError(f"{owner}.{name} must be a number, got {type(value).__name__} {value!r}.")
     return float(value)
-

@@ -182,7 +182,9 @@ class LambdaSearchConfig:
                 f"{owner}.fallback={self.fallback!r} is not a known choice; choose one of {', '.join(FALLBACKS)}."
             )
         if isinstance(self.lambda_grid, str) or not isinstance(self.lambda_grid, list | tuple):
-            raise ConfigError(f"{owner}.lambda_grid must be a list of numbers λ ≥ 0, got {self.lambda_grid!r}.")
+            raise ConfigError(
+                f"{owner}.lambda_grid must be a list of numbers λ ≥ 0, got {self.lambda_grid!r}."
+            )
         if not self.lambda_grid:
             raise ConfigError(f"{owner}.lambda_grid is empty; give at least one λ.")
         self.lambda_grid = [_number(owner, "lambda_grid", value) for value in self.lambda_grid]

@@ -37,6 +37,7 @@ _SAVED_CONFIG_FIELDS = (
     "train_projection",
 )
 
+
 def processor_image_size(image_processor: Any) -> int:
     """The square side the processor outputs (crop size when it centre-crops, else resize size)."""
     size = (
