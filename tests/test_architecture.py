@@ -4,8 +4,9 @@ The graph is built from the source's AST, not by importing it: every `import` an
 anywhere in a module (module level, inside functions, relative or absolute) is an edge, and so is
 the implicit import of each package `__init__` on the way to a submodule (importing
 `hf_negmerge.merging.base` runs `hf_negmerge/merging/__init__.py` first). Imports under
-`if TYPE_CHECKING:` never run and are left out. A late import that only hides a cycle is therefore
-still reported.
+`if TYPE_CHECKING:` never run and are left out, and so are the lazy `__init__`s' `importlib` look-ups,
+which run when a name is first used, never during an import. A late import that only hides a cycle
+is therefore still reported.
 """
 
 from __future__ import annotations
