@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -64,3 +65,49 @@ def test_offline_hub_id_fails_fast():
 
     with pytest.raises(HubUnavailableError, match="some-org/some-config"):
         NegMergeConfig.from_pretrained("some-org/some-config")
+
+
+def test_negmerge_config_is_the_merge_config_plus_the_lambda_search_config(tmp_path):
+    from hf_negmerge.config import MergeConfig
+    from hf_negmerge.lambda_search import LambdaSearchConfig
+
+    config = NegMergeConfig(method="ties", density=0.5, retain_ratio=0.9, lambda_grid=[0.0, 2.0], scale=None)
+    assert isinstance(config, MergeConfig) and isinstance(config, LambdaSearchConfig)
+    assert config.merge_config() == MergeConfig(method="ties", density=0.5)
+    assert config.lambda_search_config() == LambdaSearchConfig(lambda_grid=[0.0, 2.0], retain_ratio=0.9)
+    # same keys, same order as before the split (negmerge_config.json and saved states unchanged)
+    assert list(config.to_dict()) == [
+        "method", "consensus_fraction", "ties_variant", "density", "ties_total_elements",
+        "majority_sign_method", "include", "exclude", "accumulation_dtype",
+        "lambda_grid", "retain_ratio", "fallback", "scale",
+    ]  # fmt: skip
+    config.save_pretrained(tmp_path)
+    assert MergeConfig.from_pretrained(tmp_path) == config.merge_config()  # λ-search keys left out
+    with pytest.raises(ConfigError, match=r"Unknown MergeConfig key\(s\) \['retain_ratio'\]"):
+        MergeConfig.from_dict({"method": "ties", "retain_ratio": 0.9})
+    with pytest.raises(ConfigError, match=r"LambdaSearchConfig\.retain_ratio=1\.5"):
+        LambdaSearchConfig(retain_ratio=1.5)
+    with pytest.raises(ConfigError, match=r"MergeConfig\.method='median'"):
+        MergeConfig(method="median")
+
+
+def test_merge_differences_name_only_merge_fields():
+    old = NegMergeConfig()
+    new = NegMergeConfig(consensus_fraction=0.8, exclude=["*.bias"], retain_ratio=0.5, lambda_grid=[1.0])
+    assert old.merge_differences(new) == ["consensus_fraction: 1.0 → 0.8", "exclude: None → ['*.bias']"]
+    assert old.merge_differences(NegMergeConfig(retain_ratio=0.5, fallback="error", scale=0.3)) == []
+
+
+def test_a_registered_method_is_a_valid_config_method():
+    from hf_negmerge.config import MERGE_METHOD_NAMES, MergeConfig
+    from hf_negmerge.merging import MERGE_METHODS, available_methods, get_merge_method, register_merge_method
+
+    assert available_methods() == MERGE_METHOD_NAMES  # the config's names are the registry's
+    with pytest.raises(ConfigError, match="mine"):
+        MergeConfig(method="mine")
+    register_merge_method(dataclasses.replace(get_merge_method("uniform"), name="mine"))
+    try:
+        assert MergeConfig(method="mine").method == "mine"
+    finally:
+        del MERGE_METHODS["mine"]
+        MERGE_METHOD_NAMES.remove("mine")

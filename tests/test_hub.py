@@ -623,3 +623,14 @@ def test_resolve_folder_rejects_names_that_are_neither_folder_nor_repo(tmp_path:
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(CheckpointError, match="neither a local folder"):
         resolve_folder(tmp_path / "file.txt")
+
+
+def test_merge_config_push_to_hub_through_the_mixin(hub: HubStandIn) -> None:
+    """`push_to_hub` is huggingface_hub's ModelHubMixin's: save_pretrained into a temp folder, upload."""
+    from hf_negmerge.config import MergeConfig
+
+    config = MergeConfig(method="ties", density=0.5, exclude=["*.bias"])
+    config.push_to_hub("alice/merge-config")
+    assert MergeConfig.from_pretrained("alice/merge-config") == config
+    uploaded = set(hub.repos["alice/merge-config"].files()) - {".gitattributes"}  # made with the repo
+    assert uploaded == {"negmerge_config.json"}  # no model card, no config.json

@@ -1,36 +1,131 @@
-"""`NegMergeConfig`: every choice that turns a pool of fine-tuned runs into an unlearned model.
+"""The configs of an unlearning merge: `MergeConfig` (how τ is built) and `NegMergeConfig`.
+
+- `MergeConfig`: the merge method and its own parameters, include/exclude, the accumulation
+  dtype — everything that changes the merged task vector τ. A resumed grid is keyed by it.
+- `LambdaSearchConfig` (in `lambda_search`): the λ grid, retain ratio, fallback and a fixed λ —
+  how λ is chosen once τ exists. Changing it never retrains or re-merges.
+- `NegMergeConfig`: the name users know (a recipe's `merge:` section, `negmerge_config.json`):
+  both, as one flat dataclass that IS a `MergeConfig` and a `LambdaSearchConfig`.
 
 Saved as JSON next to the artifacts it produced (like peft's adapter configs), so a merged
-vector or an unlearned model always says how it was made.
+vector or an unlearned model always says how it was made. `save_pretrained`, `from_pretrained`
+and `push_to_hub` follow huggingface_hub's `ModelHubMixin` (whose `push_to_hub` saves into a
+temporary folder with `save_pretrained` and uploads it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import ModelHubMixin
+
 from .errors import ConfigError
-from .lambda_search import FALLBACKS, default_lambda_grid
+from .lambda_search import LambdaSearchConfig, default_lambda_grid
+
+__all__ = [
+    "CONFIG_NAME",
+    "MERGE_METHOD_NAMES",
+    "LambdaSearchConfig",
+    "MergeConfig",
+    "NegMergeConfig",
+    "default_lambda_grid",
+]
 
 CONFIG_NAME = "negmerge_config.json"
 
 ACCUMULATION_DTYPES = ("float32", "float64")
 MAJORITY_SIGN_METHODS = ("total", "frequency")
 TIES_VARIANTS = ("original", "peft")
+#: The `method` values a config accepts, in the merging registry's order. The implementations
+#: live in `hf_negmerge.merging` (which imports torch); `register_merge_method` adds a new name
+#: here, so a config is validated without importing the merging code (and without a cycle).
+MERGE_METHOD_NAMES: list[str] = ["task_arithmetic", "uniform", "ties", "magmax", "negmerge"]
+
+
+class _ConfigFile(ModelHubMixin):
+    """JSON persistence shared by the configs: one `negmerge_config.json`, written atomically."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown {cls.__name__} key(s) {unknown}; known keys are {sorted(known)}.")
+        return cls(**values)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(  # type: ignore[override]
+        self,
+        save_directory: str | Path,
+        *,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> Path:
+        """Write `negmerge_config.json` into `save_directory` (atomically); optionally push it.
+
+        `config`/`model_card_kwargs`, which `ModelHubMixin.push_to_hub` passes, are ignored: the
+        JSON file is the whole config and no model card is written for it.
+        """
+        push_to_hub_kwargs.pop("config", None)
+        push_to_hub_kwargs.pop("model_card_kwargs", None)
+        from .checkpoints import atomic_write_text  # torch: a config alone (e.g. for --help) stays light
+
+        path = Path(save_directory) / CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, self.to_json_string())
+        if push_to_hub:
+            self.push_to_hub(repo_id or Path(save_directory).name, **push_to_hub_kwargs)
+        return path
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls, name_or_path: str | Path, revision: str | None = None, token: str | bool | None = None, **_: Any
+    ) -> Any:
+        """Load from a folder (or a `negmerge_config.json` file), or from a Hub repo id.
+
+        A `MergeConfig` read from a full `NegMergeConfig` file leaves out the λ-search keys.
+        """
+        path = Path(name_or_path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            if Path(name_or_path).exists():
+                raise ConfigError(f"No {CONFIG_NAME} in {name_or_path}.")
+            from .hub.download import download_file
+
+            path = download_file(str(name_or_path), CONFIG_NAME, revision=revision, token=token)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path} is not valid JSON: {error}") from error
+        except OSError as error:
+            raise ConfigError(f"{path} cannot be read ({error.strerror or error}).") from error
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must hold a JSON object, got {type(values).__name__}.")
+        own = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        selection = {f.name for f in dataclasses.fields(LambdaSearchConfig)} - own
+        try:
+            return cls.from_dict({key: value for key, value in values.items() if key not in selection})
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from error
 
 
 @dataclass
-class NegMergeConfig:
-    """How task vectors are merged and how the negation coefficient λ is chosen.
+class MergeConfig(_ConfigFile):
+    """How task vectors are merged into τ: what a grid's accumulated merge depends on.
 
-    The defaults reproduce the paper: unanimous sign consensus, plain mean on kept elements,
-    λ ∈ {0, 0.05, …, 1} chosen as the lowest forget accuracy whose retain accuracy stays
-    ≥ 0.95 × the original model's.
+    The defaults reproduce the paper: unanimous sign consensus, plain mean on kept elements.
     """
 
     method: str = field(
@@ -98,64 +193,37 @@ class NegMergeConfig:
             "choices": ACCUMULATION_DTYPES,
         },
     )
-    lambda_grid: list[float] = field(
-        default_factory=default_lambda_grid,
-        metadata={
-            "help": "Negation coefficients λ tried on validation data (θ = θ₀ − λ·τ).",
-            "lambda_search": True,
-        },
-    )
-    retain_ratio: float = field(
-        default=0.95,
-        metadata={
-            "help": "λ must keep retain/control validation accuracy ≥ this × the original's.",
-            "lambda_search": True,
-        },
-    )
-    fallback: str = field(
-        default="least_retain_drop",
-        metadata={
-            "help": "When no λ qualifies: 'least_retain_drop' (highest retain accuracy) or 'error'.",
-            "lambda_search": True,
-        },
-    )
-    scale: float | None = field(
-        default=None,
-        metadata={"help": "A fixed λ; skips the search when set."},
-    )
 
     def __post_init__(self) -> None:
-        """Check every field's type and range, naming the field (wrong types included)."""
-        from .merging import available_methods  # late import: merging imports this module
-
-        _check_choice("method", self.method, tuple(available_methods()), "merge method")
-        self.consensus_fraction = _number("consensus_fraction", self.consensus_fraction)
+        """Check every merge field's type and range, naming it (wrong types included)."""
+        owner = type(self).__name__
+        _check_choice(owner, "method", self.method, tuple(MERGE_METHOD_NAMES), "merge method")
+        self.consensus_fraction = _number(owner, "consensus_fraction", self.consensus_fraction)
         if not (0.5 < self.consensus_fraction <= 1.0):
             raise ConfigError(
-                f"NegMergeConfig.consensus_fraction={self.consensus_fraction} must be in (0.5, 1]; "
+                f"{owner}.consensus_fraction={self.consensus_fraction} must be in (0.5, 1]; "
                 "1.0 is the paper's unanimous rule."
             )
-        self.density = _number("density", self.density)
+        self.density = _number(owner, "density", self.density)
         if not (0.0 < self.density <= 1.0):
-            raise ConfigError(f"NegMergeConfig.density={self.density} must be in (0, 1].")
-        _check_choice("majority_sign_method", self.majority_sign_method, MAJORITY_SIGN_METHODS)
-        _check_choice("ties_variant", self.ties_variant, TIES_VARIANTS)
+            raise ConfigError(f"{owner}.density={self.density} must be in (0, 1].")
+        _check_choice(owner, "majority_sign_method", self.majority_sign_method, MAJORITY_SIGN_METHODS)
+        _check_choice(owner, "ties_variant", self.ties_variant, TIES_VARIANTS)
         if self.ties_total_elements is not None and (
             isinstance(self.ties_total_elements, bool)
             or not isinstance(self.ties_total_elements, int)
             or self.ties_total_elements < 1
         ):
             raise ConfigError(
-                f"NegMergeConfig.ties_total_elements={self.ties_total_elements!r} must be a positive "
+                f"{owner}.ties_total_elements={self.ties_total_elements!r} must be a positive "
                 "integer (or None)."
             )
         if self.method == "ties" and self.ties_variant == "original" and self.majority_sign_method != "total":
             raise ConfigError(
-                f"NegMergeConfig.majority_sign_method={self.majority_sign_method!r} needs "
+                f"{owner}.majority_sign_method={self.majority_sign_method!r} needs "
                 "ties_variant='peft'; the original TIES elects the sign of the total ('total')."
             )
-        _check_choice("accumulation_dtype", self.accumulation_dtype, ACCUMULATION_DTYPES)
-        _check_choice("fallback", self.fallback, tuple(FALLBACKS))
+        _check_choice(owner, "accumulation_dtype", self.accumulation_dtype, ACCUMULATION_DTYPES)
         for name in ("include", "exclude"):
             patterns = getattr(self, name)
             if patterns is not None:
@@ -165,90 +233,59 @@ class NegMergeConfig:
                     isinstance(p, str) and p for p in patterns
                 ):
                     raise ConfigError(
-                        f"NegMergeConfig.{name} must be a list of non-empty strings, got {patterns!r}."
+                        f"{owner}.{name} must be a list of non-empty strings, got {patterns!r}."
                     )
                 setattr(self, name, list(patterns))
-        if isinstance(self.lambda_grid, str) or not isinstance(self.lambda_grid, list | tuple):
-            raise ConfigError(
-                f"NegMergeConfig.lambda_grid must be a list of numbers λ ≥ 0, got {self.lambda_grid!r}."
-            )
-        if not self.lambda_grid:
-            raise ConfigError("NegMergeConfig.lambda_grid is empty; give at least one λ.")
-        self.lambda_grid = [_number("lambda_grid", value) for value in self.lambda_grid]
-        if not all(math.isfinite(value) and value >= 0 for value in self.lambda_grid):
-            raise ConfigError(f"NegMergeConfig.lambda_grid must hold finite λ ≥ 0, got {self.lambda_grid}.")
-        self.retain_ratio = _number("retain_ratio", self.retain_ratio)
-        if not (0.0 < self.retain_ratio <= 1.0):
-            raise ConfigError(f"NegMergeConfig.retain_ratio={self.retain_ratio} must be in (0, 1].")
-        if self.scale is not None:
-            from .unlearn import check_scale
-
-            self.scale = check_scale(self.scale, "NegMergeConfig.scale")
 
     @property
     def is_unanimous(self) -> bool:
         return self.consensus_fraction == 1.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def merge_config(self) -> MergeConfig:
+        """The merge part alone (a plain `MergeConfig`, also from a `NegMergeConfig`)."""
+        return MergeConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MergeConfig)})
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> NegMergeConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"Unknown NegMergeConfig key(s) {unknown}; known keys are {sorted(known)}.")
-        return cls(**values)
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `negmerge_config.json` into `directory` (atomically)."""
-        from .checkpoints import atomic_write_text
-
-        path = Path(directory) / CONFIG_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, self.to_json_string())
-        return path
-
-    @classmethod
-    def from_pretrained(
-        cls, name_or_path: str | Path, revision: str | None = None, token: str | bool | None = None
-    ) -> NegMergeConfig:
-        """Load from a folder (or a `negmerge_config.json` file), or from a Hub repo id."""
-        path = Path(name_or_path)
-        if path.is_dir():
-            path = path / CONFIG_NAME
-        if not path.is_file():
-            if Path(name_or_path).exists():
-                raise ConfigError(f"No {CONFIG_NAME} in {name_or_path}.")
-            from .hub.download import download_file
-
-            path = download_file(str(name_or_path), CONFIG_NAME, revision=revision, token=token)
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{path} is not valid JSON: {error}") from error
-        except OSError as error:
-            raise ConfigError(f"{path} cannot be read ({error.strerror or error}).") from error
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path} must hold a JSON object, got {type(values).__name__}.")
-        try:
-            return cls.from_dict(values)
-        except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from error
+    def merge_differences(self, other: MergeConfig) -> list[str]:
+        """'field: old → new' for each merge field that differs (λ-search fields never count)."""
+        return [
+            f"{f.name}: {getattr(self, f.name)!r} → {getattr(other, f.name)!r}"
+            for f in dataclasses.fields(MergeConfig)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
 
 
-def _check_choice(name: str, value: object, choices: tuple[str, ...], what: str = "choice") -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(
-            f"NegMergeConfig.{name}={value!r} is not a known {what}; choose one of {', '.join(choices)}."
+@dataclass
+class NegMergeConfig(LambdaSearchConfig, MergeConfig):
+    """How task vectors are merged and how the negation coefficient λ is chosen (both, flat).
+
+    The defaults reproduce the paper: unanimous sign consensus, plain mean on kept elements,
+    λ ∈ {0, 0.05, …, 1} chosen as the lowest forget accuracy whose retain accuracy stays
+    ≥ 0.95 × the original model's. Fields tagged `lambda_search` in their metadata (and `scale`)
+    belong to `LambdaSearchConfig`; the rest to `MergeConfig`.
+    """
+
+    def __post_init__(self) -> None:
+        MergeConfig.__post_init__(self)
+        LambdaSearchConfig.__post_init__(self)
+
+    def lambda_search_config(self) -> LambdaSearchConfig:
+        """The λ-search part alone."""
+        return LambdaSearchConfig(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(LambdaSearchConfig)}
         )
 
 
-def _number(name: str, value: object) -> float:
+def _check_choice(
+    owner: str, name: str, value: object, choices: tuple[str, ...], what: str = "choice"
+) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(
+            f"{owner}.{name}={value!r} is not a known {what}; choose one of {', '.join(choices)}."
+        )
+
+
+def _number(owner: str, name: str, value: object) -> float:
     """`value` as a float, or a ConfigError naming the field (bools and strings are not numbers)."""
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise ConfigError(f"NegMergeConfig.{name} must be a number, got {type(value).__name__} {value!r}.")
+        raise ConfigError(f"{owner}.{name} must be a number, got {type(value).__name__} {value!r}.")
     return float(value)

@@ -20,6 +20,17 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, MergeError
 
+__all__ = [
+    "FALLBACKS",
+    "LambdaPoint",
+    "LambdaSearchConfig",
+    "LambdaSelection",
+    "check_scale",
+    "default_lambda_grid",
+    "search_lambda",
+    "select_lambda",
+]
+
 #: Retain accuracies this close below the threshold still qualify, so 0.95 × 60.0 computed in
 #: floating point cannot reject a point that sits exactly on it.
 THRESHOLD_TOLERANCE = 1e-9
@@ -90,6 +101,21 @@ def default_lambda_grid(stop: float = 1.0, step: float = 0.05) -> list[float]:
     return [round(index * step, 10) for index in range(count + 1)]
 
 
+def check_scale(scale: object, source: str = "scale") -> float:
+    """λ must be a finite number ≥ 0: θ_u = θ₀ − λ·τ, and λ < 0 would add the forget task vector."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise ConfigError(f"{source} must be a number λ ≥ 0, got {type(scale).__name__} {scale!r}.")
+    if not math.isfinite(scale):
+        raise ConfigError(f"{source}={scale} must be finite.")
+    if scale < 0:
+        raise ConfigError(
+            f"{source}={scale} is negative. The unlearned model is θ_u = θ₀ − λ·τ, where τ is what "
+            "fine-tuning on the forget data added; λ < 0 adds it again and strengthens the data to be "
+            "forgotten. Use λ ≥ 0 (0 leaves the model unchanged)."
+        )
+    return float(scale)
+
+
 def _least_retain_drop(curve: Sequence[LambdaPoint], threshold: float) -> LambdaPoint:
     """Highest retain accuracy; ties -> lowest forget accuracy, then the smaller λ."""
     return min(curve, key=lambda point: (-point.retain_accuracy, point.forget_accuracy, point.scale))
@@ -109,6 +135,78 @@ FALLBACKS: dict[str, Callable[[Sequence[LambdaPoint], float], LambdaPoint]] = {
     "least_retain_drop": _least_retain_drop,
     "error": _raise_no_qualifier,
 }
+
+
+@dataclass
+class LambdaSearchConfig:
+    """How λ is chosen once the merged vector exists: nothing here changes a trained run or τ.
+
+    So a finished output folder rerun with other values here repeats only the λ search (and the
+    test evaluation), reusing every fine-tuning run. `NegMergeConfig` carries these fields flat
+    next to the merge's (a recipe's `merge.retain_ratio`); `NegMergeConfig.lambda_search_config()`
+    gives them as this object.
+    """
+
+    lambda_grid: list[float] = field(
+        default_factory=default_lambda_grid,
+        metadata={
+            "help": "Negation coefficients λ tried on validation data (θ = θ₀ − λ·τ).",
+            "lambda_search": True,
+        },
+    )
+    retain_ratio: float = field(
+        default=0.95,
+        metadata={
+            "help": "λ must keep retain/control validation accuracy ≥ this × the original's.",
+            "lambda_search": True,
+        },
+    )
+    fallback: str = field(
+        default="least_retain_drop",
+        metadata={
+            "help": "When no λ qualifies: 'least_retain_drop' (highest retain accuracy) or 'error'.",
+            "lambda_search": True,
+        },
+    )
+    # No "lambda_search" tag: `hf-negmerge merge --scale` also takes it (to write θ₀ − λ·τ).
+    scale: float | None = field(
+        default=None,
+        metadata={"help": "A fixed λ; skips the search when set."},
+    )
+
+    def __post_init__(self) -> None:
+        """Check every field, naming it as `<class>.<field>` (wrong types included)."""
+        owner = type(self).__name__
+        if not isinstance(self.fallback, str) or self.fallback not in FALLBACKS:
+            raise ConfigError(
+                f"{owner}.fallback={self.fallback!r} is not a known choice; choose one of {', '.join(FALLBACKS)}."
+            )
+        if isinstance(self.lambda_grid, str) or not isinstance(self.lambda_grid, list | tuple):
+            raise ConfigError(
+                f"{owner}.lambda_grid must be a list of numbers λ ≥ 0, got {self.lambda_grid!r}."
+            )
+        if not self.lambda_grid:
+            raise ConfigError(f"{owner}.lambda_grid is empty; give at least one λ.")
+        self.lambda_grid = [_number(owner, "lambda_grid", value) for value in self.lambda_grid]
+        if not all(math.isfinite(value) and value >= 0 for value in self.lambda_grid):
+            raise ConfigError(f"{owner}.lambda_grid must hold finite λ ≥ 0, got {self.lambda_grid}.")
+        self.retain_ratio = _number(owner, "retain_ratio", self.retain_ratio)
+        if not (0.0 < self.retain_ratio <= 1.0):
+            raise ConfigError(f"{owner}.retain_ratio={self.retain_ratio} must be in (0, 1].")
+        if self.scale is not None:
+            self.scale = check_scale(self.scale, f"{owner}.scale")
+
+    @property
+    def scales(self) -> list[float]:
+        """The λ to evaluate: the fixed `scale` alone when set, else the grid."""
+        return self.lambda_grid if self.scale is None else [self.scale]
+
+
+def _number(owner: str, name: str, value: object) -> float:
+    """`value` as a float, or a ConfigError naming the field (bools and strings are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{owner}.{name} must be a number, got {type(value).__name__} {value!r}.")
+    return float(value)
 
 
 def _validate_ratio_and_fallback(retain_ratio: float, fallback: str) -> None:

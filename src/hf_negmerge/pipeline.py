@@ -39,7 +39,7 @@ from .data import UnlearningData, build_unlearning_data, load_image_dataset
 from .errors import ConfigError
 from .evaluation import Predictions, avg_gap, mia_efficacy, predict
 from .key_space import KeyNames
-from .lambda_search import LambdaPoint, LambdaSelection, search_lambda
+from .lambda_search import LambdaPoint, LambdaSearchConfig, LambdaSelection, search_lambda
 from .merging import merge_task_vectors
 from .recipe import UnlearnRecipe, check_sources
 from .results import METRICS_FILE, MethodOutcome, UnlearningOutcome, best_single_run
@@ -413,7 +413,7 @@ def _test_metrics(evaluator: Evaluator, mia: bool) -> dict[str, float]:
 def _search(
     evaluator: Evaluator,
     vector: TaskVector,
-    config: NegMergeConfig,
+    config: LambdaSearchConfig,
     original_point: LambdaPoint,
     progress: bool,
 ) -> LambdaSelection:
@@ -427,7 +427,7 @@ def _search(
 
     return search_lambda(
         evaluate_at,
-        config.lambda_grid if config.scale is None else [config.scale],
+        config.scales,
         original_point,
         retain_ratio=config.retain_ratio,
         fallback=config.fallback,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 import shutil
-from numbers import Real
 from pathlib import Path
 
 import torch
@@ -19,23 +17,9 @@ from .checkpoints import (
     resolve_weight_files,
     save_state_dict,
 )
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError
+from .lambda_search import check_scale
 from .task_vector import TaskVector, add_scaled, check_compatible
-
-
-def check_scale(scale: object, source: str = "scale") -> float:
-    """λ must be a finite number ≥ 0: θ_u = θ₀ − λ·τ, and λ < 0 would add the forget task vector."""
-    if isinstance(scale, bool) or not isinstance(scale, Real):
-        raise ConfigError(f"{source} must be a number λ ≥ 0, got {type(scale).__name__} {scale!r}.")
-    if not math.isfinite(scale):
-        raise ConfigError(f"{source}={scale} must be finite.")
-    if scale < 0:
-        raise ConfigError(
-            f"{source}={scale} is negative. The unlearned model is θ_u = θ₀ − λ·τ, where τ is what "
-            "fine-tuning on the forget data added; λ < 0 adds it again and strengthens the data to be "
-            "forgotten. Use λ ≥ 0 (0 leaves the model unchanged)."
-        )
-    return float(scale)
 
 
 def unlearn(

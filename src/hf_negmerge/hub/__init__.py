@@ -1,19 +1,40 @@
-"""Hub stage of hf-negmerge: model cards, the sparse negation vector, and pushing to the Hub."""
+"""Hub stage of hf-negmerge: model cards, the sparse negation vector, and pushing to the Hub.
 
-from .card import DatasetRef, UnlearningCardData, build_model_card, write_model_card
-from .download import download_file, resolve_folder
-from .negation_vector import NegationVector
-from .push import prepare_upload_folder, push_config, push_unlearned_model
+Names are imported on first use (as in the top-level package), so importing one submodule, e.g.
+`hub.download` from `NegMergeConfig.from_pretrained`, does not load the card and push modules,
+which import the config back (no import cycle, see docs/architecture.md).
+"""
 
-__all__ = [
-    "DatasetRef",
-    "NegationVector",
-    "UnlearningCardData",
-    "build_model_card",
-    "download_file",
-    "prepare_upload_folder",
-    "push_config",
-    "push_unlearned_model",
-    "resolve_folder",
-    "write_model_card",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "DatasetRef": "card",
+    "NegationVector": "negation_vector",
+    "UnlearningCardData": "card",
+    "build_model_card": "card",
+    "download_file": "download",
+    "prepare_upload_folder": "push",
+    "push_config": "push",
+    "push_unlearned_model": "push",
+    "resolve_folder": "download",
+    "write_model_card": "card",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_negmerge.hub' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

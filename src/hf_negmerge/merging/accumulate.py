@@ -8,6 +8,7 @@ run in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoints import CheckpointReader, save_safetensors
-from ..config import NegMergeConfig
+from ..config import MergeConfig, NegMergeConfig
 from ..errors import CheckpointError, ConfigError, MergeError
 from ..key_space import KeyNames
 from ..task_vector import TaskVector, check_compatible, check_finite, select_keys
@@ -42,7 +43,7 @@ def _tensor_stats(merged: torch.Tensor) -> TensorStats:
 def _assemble(
     tensors: dict[str, torch.Tensor],
     per_tensor: dict[str, TensorStats],
-    config: NegMergeConfig,
+    config: MergeConfig,
     squared_norms: list[float],
 ) -> MergeResult:
     num_models = len(squared_norms)
@@ -62,7 +63,7 @@ class MergeAccumulator:
     tensor of the task vector itself.
     """
 
-    def __init__(self, config: NegMergeConfig | None = None, key_names: KeyNames | None = None) -> None:
+    def __init__(self, config: MergeConfig | None = None, key_names: KeyNames | None = None) -> None:
         self.config = config or NegMergeConfig()
         self.key_names = key_names
         self.method = get_merge_method(self.config.method)
@@ -145,7 +146,7 @@ class MergeAccumulator:
             raise CheckpointError(f"{path} is not a saved MergeAccumulator state.")
         try:
             header = json.loads(raw)
-            accumulator = cls(NegMergeConfig.from_dict(header["config"]), key_names)
+            accumulator = cls(_config_of(header["config"]), key_names)
             accumulator.squared_norms = list(header["squared_norms"])
             accumulator.run_ids = list(header["run_ids"])
             keys = list(header["keys"])
@@ -160,9 +161,15 @@ class MergeAccumulator:
         return accumulator
 
 
+def _config_of(values: dict) -> MergeConfig:
+    """The config a state was saved with: a `NegMergeConfig` when it holds the λ-search keys."""
+    merge_keys = {field.name for field in dataclasses.fields(MergeConfig)}
+    return (MergeConfig if set(values) <= merge_keys else NegMergeConfig).from_dict(values)
+
+
 def merge_task_vectors(
     task_vectors: Iterable[TaskVector],
-    config: NegMergeConfig | None = None,
+    config: MergeConfig | None = None,
     key_names: KeyNames | None = None,
 ) -> MergeResult:
     """Merge task vectors held in memory (any iterable: a generator keeps only one alive).
@@ -204,7 +211,7 @@ def check_distinct_inputs(base: str | Path, finetuned: Sequence[str | Path]) -> 
 def merge_checkpoints(
     base: str | Path,
     finetuned: Sequence[str | Path],
-    config: NegMergeConfig | None = None,
+    config: MergeConfig | None = None,
     progress: bool = True,
 ) -> MergeResult:
     """Merge N fine-tuned checkpoint folders against their base, tensor by tensor from disk.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..config import MERGE_METHOD_NAMES
 from ..errors import MergeError
 
 if TYPE_CHECKING:
@@ -152,9 +153,12 @@ MERGE_METHODS: dict[str, MergeMethod] = {}
 
 
 def register_merge_method(method: MergeMethod) -> MergeMethod:
+    """Add a merge method; its name becomes a valid `MergeConfig.method` (config.MERGE_METHOD_NAMES)."""
     if method.name in MERGE_METHODS:
         raise ValueError(f"Merge method '{method.name}' is already registered.")
     MERGE_METHODS[method.name] = method
+    if method.name not in MERGE_METHOD_NAMES:
+        MERGE_METHOD_NAMES.append(method.name)
     return method
 
 

@@ -12,7 +12,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -23,6 +23,8 @@ from ..checkpoints import atomic_output_dir
 from ..errors import CheckpointError, ConfigError
 from ._source import WeightsSource, fetch_file, resolve_weights_source
 from .config import ModelConfig
+from .registry import CLASSIFIER_REGISTRY
+from .registry import register_classifier as register_classifier  # re-exported: vit, clip register with it
 
 CLASSIFIER_METADATA_FILE = "hf_negmerge_classifier.json"
 METADATA_FORMAT_VERSION = 1
@@ -34,25 +36,6 @@ _SAVED_CONFIG_FIELDS = (
     "freeze_attention",
     "train_projection",
 )
-
-CLASSIFIER_REGISTRY: dict[str, type[ImageClassifier]] = {}
-
-ClassifierT = TypeVar("ClassifierT", bound="type[ImageClassifier]")
-
-
-def register_classifier(name: str) -> Callable[[ClassifierT], ClassifierT]:
-    """Class decorator: make an ImageClassifier subclass buildable as `ModelConfig(architecture=name)`."""
-
-    def register(cls: ClassifierT) -> ClassifierT:
-        if name in CLASSIFIER_REGISTRY:
-            raise ConfigError(
-                f"Architecture {name!r} is already registered by {CLASSIFIER_REGISTRY[name].__name__}."
-            )
-        cls.architecture = name
-        CLASSIFIER_REGISTRY[name] = cls
-        return cls
-
-    return register
 
 
 def processor_image_size(image_processor: Any) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .registry import CLASSIFIER_REGISTRY
 
 # A small, generic subset of the CLIP paper's ImageNet prompt ensemble: enough to average out
 # the wording of a single prompt without making the head slow to build.
@@ -88,8 +89,6 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        from .base import CLASSIFIER_REGISTRY  # the registry imports this module
-
         if self.architecture not in CLASSIFIER_REGISTRY:
             raise ConfigError(
                 f"ModelConfig.architecture={self.architecture!r} is not registered; "

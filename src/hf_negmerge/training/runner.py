@@ -36,7 +36,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..checkpoints import atomic_output_dir, atomic_write_text
-from ..config import NegMergeConfig
+from ..config import MergeConfig, NegMergeConfig
 from ..errors import CheckpointError, ConfigError, NegMergeError
 from ..key_space import KeyNames
 from ..merging.accumulate import MergeAccumulator, MergeResult
@@ -98,7 +98,7 @@ class GridRunner:
         data: Any,
         grid_points: GridSpec | Sequence[GridPoint],
         output_dir: str | Path,
-        merge_config: NegMergeConfig | None = None,
+        merge_config: MergeConfig | None = None,
         keep_task_vectors: bool = True,
         keep_checkpoints: bool = False,
         accelerator: Any | None = None,
@@ -315,15 +315,28 @@ class GridRunner:
         atomic_write_text(path, json.dumps(current, indent=2, ensure_ascii=False) + "\n")
 
     def _load_accumulator(self) -> MergeAccumulator:
+        """The saved merge state, if its merge fields match; λ-search fields may differ freely.
+
+        The runs and τ depend only on the `MergeConfig` part, so a change of retain_ratio, λ grid,
+        fallback or scale reuses everything here (the state is re-saved with the new config, so
+        the merged vector's metadata states the config it is used with).
+        """
         path = self.output_dir / ACCUMULATOR_FILE
         if not path.is_file():
             return MergeAccumulator(self.merge_config, self.key_names)
         accumulator = MergeAccumulator.load(path, self.key_names)
-        if accumulator.config.to_dict() != self.merge_config.to_dict():
+        changes = accumulator.config.merge_differences(self.merge_config)
+        if changes:
             raise ConfigError(
-                f"{path} was written with a different merge config ({accumulator.config.to_dict()}); "
-                "use the same NegMergeConfig to resume, or a new output_dir."
+                f"{path} was written with a different merge config ("
+                + "; ".join(f"merge.{change}" for change in changes)
+                + "). The runs folded there cannot be re-merged another way: restore "
+                + ("that value" if len(changes) == 1 else "those values")
+                + " or choose a new output_dir."
             )
+        if accumulator.config.to_dict() != self.merge_config.to_dict():
+            accumulator.config = self.merge_config
+            accumulator.save(path)
         return accumulator
 
     def _check_labels(self, base: Any) -> None:
@@ -399,7 +412,7 @@ def run_grid(
     data: Any,
     grid_points: GridSpec | Sequence[GridPoint],
     output_dir: str | Path,
-    merge_config: NegMergeConfig | None = None,
+    merge_config: MergeConfig | None = None,
     **options: Any,
 ) -> GridResult:
     """Run (or resume) a grid and return the merge of every run.
