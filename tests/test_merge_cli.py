@@ -249,11 +249,13 @@ def test_existing_output_is_kept_without_overwrite(two_vit_runs, capsys):
 
 def test_interrupt_mid_merge_leaves_no_output(two_vit_runs, monkeypatch):
     root = two_vit_runs
-    import hf_negmerge.unlearn
+    import importlib
+
+    unlearn_module = importlib.import_module("hf_negmerge.unlearn")  # the package attribute is the function
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hf_negmerge.unlearn, "write_unlearned_checkpoint", explode)
+    monkeypatch.setattr(unlearn_module, "write_unlearned_checkpoint", explode)
     assert _merge(root, root / "ft0", root / "ft1", extra=("--scale", "0.5")) == 130
     assert _no_output_left(root)
