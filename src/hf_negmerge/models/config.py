@@ -28,7 +28,8 @@ class ModelConfig:
     """What to build: architecture, weights source and the fine-tuning switches of the paper."""
 
     architecture: str = field(
-        default="clip", metadata={"help": "Registered architecture name: 'clip' (zero-shot head), 'vit' or 'resnet'."}
+        default="clip",
+        metadata={"help": "Registered architecture name: 'clip' (zero-shot head), 'vit' or 'resnet'."},
     )
     name_or_path: str | None = field(
         default=None,

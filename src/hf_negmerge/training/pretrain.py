@@ -281,8 +281,10 @@ def pad_crop_flip(
     the same distribution as `PadCropFlipTransform` on PIL images.
     """
     count, channels, height, width = pixels.shape
-    padded = fill.to(pixels.dtype).view(1, channels, 1, 1).repeat(
-        count, 1, height + 2 * padding, width + 2 * padding
+    padded = (
+        fill.to(pixels.dtype)
+        .view(1, channels, 1, 1)
+        .repeat(count, 1, height + 2 * padding, width + 2 * padding)
     )
     padded[:, :, padding : padding + height, padding : padding + width] = pixels
     offsets = torch.randint(0, 2 * padding + 1, (count, 2), generator=generator)
