@@ -167,6 +167,9 @@ def prepare_original_model(
     }
     if recipe.optimizer != "adamw" or recipe.pad_crop_flip:  # absent for AdamW: earlier keys stay valid
         settings.update(optimizer=recipe.optimizer, pad_crop_flip=recipe.pad_crop_flip)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cpu":  # GPU kernels give other weights; CPU keys stay as they were
+        settings["device"] = device.type
     if model_config.name_or_path is not None:  # the same path may later hold other weights
         from ..models._source import resolve_weights_source, source_weights_sha256
 
@@ -178,7 +181,7 @@ def prepare_original_model(
         return target
 
     started = time.time()
-    classifier = build_classifier(model_config, names)
+    classifier = build_classifier(model_config, names).to(device)  # a GPU when there is one
     for parameter in classifier.model.parameters():
         parameter.requires_grad_(True)
     pixels, labels = _encode(classifier, dataset)
@@ -201,7 +204,7 @@ def prepare_original_model(
                 inputs = pixels[batch]
                 if fill is not None:
                     inputs = pad_crop_flip(inputs, fill, generator)
-                loss = objective(inputs, labels[batch])
+                loss = objective(inputs.to(device), labels[batch].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if recipe.optimizer == "adamw":
