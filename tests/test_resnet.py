@@ -335,3 +335,19 @@ def test_trial_script_sets_the_seed_keys_of_each_trial(tmp_path, monkeypatch):
     assert str(first.output_dir) == str(tmp_path / "seed-2")
     assert (second.seed, second.data.seed) == (1, 0)  # data.seed stays the recipe's
     assert {point.hyperparameters.seed for point in second.grid.expand()} == {7}
+
+
+def test_pipeline_maps_data_onto_a_pretrained_resnet_s_labels(tmp_path):
+    """A pretrained ResNet brings its head's labels, like ViT; a replaced head or a tiny model does not."""
+    from hf_negmerge.pipeline import model_label_names
+    from hf_negmerge.recipe import recipe_from_dict
+
+    folder = tmp_path / "plain"
+    classifier = _tiny()
+    classifier.model.save_pretrained(folder)
+    classifier.image_processor.save_pretrained(folder)
+    model = {"architecture": "resnet", "name_or_path": str(folder)}
+    assert model_label_names(recipe_from_dict({"model": model})) == NAMES
+    replaced = recipe_from_dict({"model": {**model, "replace_head": True}, "original": {"train": True}})
+    assert model_label_names(replaced) is None
+    assert model_label_names(recipe_from_dict({"model": {"architecture": "resnet"}})) is None
