@@ -13,6 +13,9 @@ sweep resumes (cached θ₀, finished grid runs) and every number can be inspect
     python benchmarks/unlearning_seeds.py                        # built-in default, seeds 0..4
     python benchmarks/unlearning_seeds.py --recipe digits/random-forgetting --seeds 0 1 2
     python benchmarks/unlearning_seeds.py --seeds 0 1 -- grid.base.epochs=2   # recipe overrides
+
+`seed` sets θ₀'s and Retrain's training seed; `--seed-keys data.seed grid.base.seed` also sets
+those recipe keys to each trial's seed (a new forget set and new fine-tuning seeds per trial).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from typing import Any
 METRICS = ("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy", "avg_gap")
 
 
-def run_seed(recipe_name: str, seed: int, output_root: Path, overrides: list[str]) -> dict[str, Any]:
+def run_seed(
+    recipe_name: str, seed: int, output_root: Path, overrides: list[str], seed_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Run (or resume) the recipe for one seed; return its rows and the original's numbers, read
     back from the run's metrics.json (`hf_negmerge.results.RunResults`)."""
     from hf_negmerge.pipeline import run_unlearning
@@ -35,7 +40,8 @@ def run_seed(recipe_name: str, seed: int, output_root: Path, overrides: list[str
     from hf_negmerge.results import RunResults
 
     output_dir = output_root / f"seed-{seed}"
-    recipe = load_recipe(recipe_name, [*overrides, f"seed={seed}", f"output_dir={output_dir}"])
+    per_trial = [f"{key}={seed}" for key in ("seed", *seed_keys)]
+    recipe = load_recipe(recipe_name, [*overrides, *per_trial, f"output_dir={output_dir}"])
     started = time.perf_counter()
     run_unlearning(recipe, progress=False)
     results = RunResults.load(output_dir)
@@ -119,6 +125,12 @@ def main() -> None:
         "--max-forget", type=float, default=15.0, help="target: forget accuracy ≤ this (percent)"
     )
     parser.add_argument("--retain-ratio", type=float, default=0.95, help="target: retain ≥ ratio × original")
+    parser.add_argument(
+        "--seed-keys",
+        nargs="*",
+        default=[],
+        help="recipe keys also set to each trial's seed (e.g. data.seed grid.base.seed)",
+    )
     parser.add_argument("overrides", nargs="*", help="recipe overrides key=value (after --)")
     args = parser.parse_args()
     from hf_negmerge.threads import configure_torch_threads
@@ -127,7 +139,7 @@ def main() -> None:
     print(f"torch threads: {threads}", flush=True)
     results = []
     for seed in args.seeds:
-        result = run_seed(args.recipe, seed, args.output_root, args.overrides)
+        result = run_seed(args.recipe, seed, args.output_root, args.overrides, tuple(args.seed_keys))
         row = result["methods"][result["main"]]
         print(
             f"seed {seed}: {result['seconds']:.0f} s; {result['main']} forget {row['forget_accuracy']:.1f}, "

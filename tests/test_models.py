@@ -422,9 +422,9 @@ def test_lora_rejects_frozen_or_unknown_targets_and_unmerged_saves(tmp_path):
 
 
 def test_registry_and_config_validation():
-    assert set(CLASSIFIER_REGISTRY) >= {"clip", "vit"}
+    assert set(CLASSIFIER_REGISTRY) >= {"clip", "vit", "resnet"}
     with pytest.raises(ConfigError, match="not registered"):
-        ModelConfig(architecture="resnet")
+        ModelConfig(architecture="convnext")
     with pytest.raises(ConfigError, match="exactly one"):
         ModelConfig(prompt_templates=["a photo"])
     with pytest.raises(ConfigError, match="tiny"):

@@ -15,6 +15,7 @@ from hf_negmerge.recipe import available_recipes, load_recipe
 EXPECTED_GRID_SIZES = {
     "clip-vit-": 30,
     "vit/random-forgetting": 27,
+    "resnet18-cifar10/random-forgetting": 27,
     "default": 6,
     "digits/random-forgetting": 8,
 }

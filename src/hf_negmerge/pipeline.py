@@ -213,9 +213,9 @@ def model_label_names(recipe: UnlearnRecipe) -> list[str] | None:
     """The labels θ₀'s head already has, in id order; the data's classes are mapped onto them by name.
 
     None when the head is made from the data's class names: tiny models, a CLIP zero-shot head
-    built from a pretrained folder, or a ViT whose head is replaced (model.replace_head).
+    built from a pretrained folder, or a ViT/ResNet whose head is replaced (model.replace_head).
     """
-    from .models import CLASSIFIER_METADATA_FILE
+    from .models import CLASSIFIER_METADATA_FILE, CLASSIFIER_REGISTRY
     from .models._source import fetch_file, resolve_weights_source
     from .models.vit import pretrained_labels
 
@@ -228,7 +228,11 @@ def model_label_names(recipe: UnlearnRecipe) -> list[str] | None:
             )
         return list(json.loads(metadata.read_text(encoding="utf-8"))["class_names"])
     model = recipe.model
-    if model.name_or_path is None or model.architecture != "vit" or model.replace_head:
+    if (
+        model.name_or_path is None
+        or not CLASSIFIER_REGISTRY[model.architecture].has_trained_head
+        or model.replace_head
+    ):
         return None
     return pretrained_labels(resolve_weights_source(model.name_or_path, model.revision))
 

@@ -29,7 +29,11 @@ BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
 ROLES = ("forget", "retain", "test", "control")
 
 #: hf-negmerge model architectures (`metrics.json` "architecture") and the task their card declares.
-ARCHITECTURE_TASKS = {"clip": "zero-shot-image-classification", "vit": "image-classification"}
+ARCHITECTURE_TASKS = {
+    "clip": "zero-shot-image-classification",
+    "vit": "image-classification",
+    "resnet": "image-classification",
+}
 
 
 @dataclass(frozen=True)

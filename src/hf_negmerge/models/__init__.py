@@ -1,4 +1,4 @@
-"""Image classifiers that NegMerge fine-tunes and merges: CLIP zero-shot and ViT, tiny or pretrained."""
+"""Image classifiers that NegMerge fine-tunes and merges: CLIP zero-shot, ViT and ResNet, tiny or pretrained."""
 
 from .base import (
     CLASSIFIER_METADATA_FILE,
@@ -10,6 +10,7 @@ from .base import (
 from .clip import CLIPZeroShotClassifier
 from .config import DEFAULT_PROMPT_TEMPLATES, ModelConfig
 from .lora import apply_lora, merge_lora
+from .resnet import ResNetClassifier
 from .templates import PROMPT_TEMPLATE_SETS, prompt_templates_for
 from .vit import ViTClassifier
 
@@ -21,6 +22,7 @@ __all__ = [
     "CLIPZeroShotClassifier",
     "ImageClassifier",
     "ModelConfig",
+    "ResNetClassifier",
     "ViTClassifier",
     "apply_lora",
     "build_classifier",

@@ -79,6 +79,9 @@ class ImageClassifier(nn.Module, ABC):
     architecture: ClassVar[str]
     # Short module names LoRA adapts by default (transformers 5 names).
     default_lora_targets: ClassVar[tuple[str, ...]]
+    # True when the model brings its own trained head whose labels the data is mapped onto by name
+    # (ViT, ResNet); False when the head is made from the class names (CLIP's zero-shot head).
+    has_trained_head: ClassVar[bool] = False
 
     def __init__(
         self, model: PreTrainedModel, image_processor: Any, class_names: Sequence[str], config: ModelConfig

@@ -29,7 +29,8 @@ class ModelConfig:
     """What to build: architecture, weights source and the fine-tuning switches of the paper."""
 
     architecture: str = field(
-        default="clip", metadata={"help": "Registered architecture name: 'clip' (zero-shot head) or 'vit'."}
+        default="clip",
+        metadata={"help": "Registered architecture name: 'clip' (zero-shot head), 'vit' or 'resnet'."},
     )
     name_or_path: str | None = field(
         default=None,
@@ -130,7 +131,7 @@ class ModelConfig:
                 raise ConfigError(f"ModelConfig.{flag} must be True or False, got {getattr(self, flag)!r}.")
         if self.replace_head and self.architecture == "clip":
             raise ConfigError(
-                "ModelConfig.replace_head applies to ViT only: a CLIP's zero-shot head is built from the class names."
+                "ModelConfig.replace_head applies to ViT and ResNet only: a CLIP's zero-shot head is built from the class names."
             )
         if self.dtype not in WEIGHT_DTYPES:
             raise ConfigError(f"ModelConfig.dtype={self.dtype!r} is not one of {sorted(WEIGHT_DTYPES)}.")

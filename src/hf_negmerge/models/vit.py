@@ -30,7 +30,7 @@ DEFAULT_TINY_IMAGE_SIZE = 16
 _RESERVED_TINY_KEYS = {"image_size", "num_labels", "id2label", "label2id", "num_channels"}
 
 
-def _label_maps(class_names: list[str]) -> dict[str, Any]:
+def label_maps(class_names: list[str]) -> dict[str, Any]:
     return {
         "num_labels": len(class_names),
         "id2label": dict(enumerate(class_names)),
@@ -45,11 +45,11 @@ def pretrained_labels(source: WeightsSource) -> list[str]:
     return [id2label.get(index, f"LABEL_{index}") for index in range(config.num_labels)]
 
 
-def _reject_clip_only_switches(config: ModelConfig) -> None:
+def reject_clip_only_switches(config: ModelConfig, name: str = "ViT") -> None:
     for flag in ("freeze_attention", "train_projection"):
         if getattr(config, flag):
             raise ConfigError(
-                f"ModelConfig.{flag}=True applies to CLIP only; the ViT classifier trains everything."
+                f"ModelConfig.{flag}=True applies to CLIP only; the {name} classifier trains everything."
             )
 
 
@@ -58,6 +58,7 @@ class ViTClassifier(ImageClassifier):
     """ViTForImageClassification whose every tensor (backbone and head) is fine-tuned."""
 
     default_lora_targets = ("q_proj", "v_proj")
+    has_trained_head = True
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values.to(self.model.dtype)).logits
@@ -70,7 +71,7 @@ class ViTClassifier(ImageClassifier):
 
     @classmethod
     def build_tiny(cls, config: ModelConfig, class_names: list[str]) -> ViTClassifier:
-        _reject_clip_only_switches(config)
+        reject_clip_only_switches(config)
         known = set(ViTConfig().to_dict()) - _RESERVED_TINY_KEYS
         unknown = sorted(set(config.tiny) - known)
         if unknown:
@@ -79,7 +80,7 @@ class ViTClassifier(ImageClassifier):
             )
         image_size = config.image_size or DEFAULT_TINY_IMAGE_SIZE
         vit_config = ViTConfig(
-            **{**_TINY_VIT, **config.tiny}, image_size=image_size, num_channels=3, **_label_maps(class_names)
+            **{**_TINY_VIT, **config.tiny}, image_size=image_size, num_channels=3, **label_maps(class_names)
         )
         model = seeded_init(config.init_seed, lambda: ViTForImageClassification(vit_config))
         if config.dtype != "auto":
@@ -97,39 +98,53 @@ class ViTClassifier(ImageClassifier):
     def load_pretrained(
         cls, source: WeightsSource, config: ModelConfig, class_names: list[str]
     ) -> ViTClassifier:
-        _reject_clip_only_switches(config)
-        labels = pretrained_labels(source)
-        if labels != class_names and not config.replace_head:
-            raise ConfigError(
-                f"{source.location!r} has a classification head for {len(labels)} labels {labels}, but "
-                f"{len(class_names)} classes {class_names} were asked for. Labels are matched by name "
-                "(data.label_mapping maps dataset classes onto the model's labels); set "
-                "model.replace_head: true to replace the head with a new one (then train θ₀ here, "
-                "original.train: true)."
-            )
+        reject_clip_only_switches(config)
+        check_head_labels(source, config, class_names)
         model, info = ViTForImageClassification.from_pretrained(
             source.location,
             dtype=config.torch_dtype,
             ignore_mismatched_sizes=config.replace_head,
             output_loading_info=True,
-            **_label_maps(class_names),
+            **label_maps(class_names),
             **source.load_kwargs,
         )
-        fresh_head = [key for key in info.get("missing_keys", []) if key.startswith("classifier.")]
-        if fresh_head and not config.replace_head:
-            raise ConfigError(
-                f"{source.location!r} holds no trained classification head ({fresh_head} missing), so it "
-                "would start from a random head at chance level. Set model.replace_head: true and train θ₀ "
-                "here (original.train: true)."
-            )
+        check_trained_head(info.get("missing_keys", []), source, config)
         processor = AutoImageProcessor.from_pretrained(
             source.location, trust_remote_code=config.trust_remote_code, **source.load_kwargs
         )
-        image_size = processor_image_size(processor)
-        if config.image_size is not None and config.image_size != image_size:
-            raise ConfigError(
-                f"ModelConfig.image_size={config.image_size} but {source.location!r}'s processor outputs "
-                f"{image_size}x{image_size}; leave image_size unset for pretrained models."
-            )
-        resolved = ModelConfig.from_dict({**config.to_dict(), "image_size": image_size})
-        return cls(model.eval(), processor, class_names, resolved)
+        return cls(model.eval(), processor, class_names, resolve_image_size(processor, source, config))
+
+
+def check_head_labels(source: WeightsSource, config: ModelConfig, class_names: list[str]) -> None:
+    """A pretrained head is kept only for exactly the data's labels (matched by name, in id order)."""
+    labels = pretrained_labels(source)
+    if labels != class_names and not config.replace_head:
+        raise ConfigError(
+            f"{source.location!r} has a classification head for {len(labels)} labels {labels}, but "
+            f"{len(class_names)} classes {class_names} were asked for. Labels are matched by name "
+            "(data.label_mapping maps dataset classes onto the model's labels); set "
+            "model.replace_head: true to replace the head with a new one (then train θ₀ here, "
+            "original.train: true)."
+        )
+
+
+def check_trained_head(missing_keys: list[str], source: WeightsSource, config: ModelConfig) -> None:
+    """Refuse a checkpoint without head weights (a random head at chance) unless it is replaced."""
+    fresh_head = [key for key in missing_keys if key.startswith("classifier.")]
+    if fresh_head and not config.replace_head:
+        raise ConfigError(
+            f"{source.location!r} holds no trained classification head ({fresh_head} missing), so it "
+            "would start from a random head at chance level. Set model.replace_head: true and train θ₀ "
+            "here (original.train: true)."
+        )
+
+
+def resolve_image_size(processor: Any, source: WeightsSource, config: ModelConfig) -> ModelConfig:
+    """`config` with image_size set from the processor; a different explicit image_size is refused."""
+    image_size = processor_image_size(processor)
+    if config.image_size is not None and config.image_size != image_size:
+        raise ConfigError(
+            f"ModelConfig.image_size={config.image_size} but {source.location!r}'s processor outputs "
+            f"{image_size}x{image_size}; leave image_size unset for pretrained models."
+        )
+    return ModelConfig.from_dict({**config.to_dict(), "image_size": image_size})

@@ -91,9 +91,10 @@ class TrainingHyperparameters:
     augmentation: str = field(
         default="timm_randaugment",
         metadata={
-            "help": "Registered training transform used when RandAugment is set: timm_randaugment (the "
-            "authors': random resized crop, flip, RandAugment), randaugment (RandAugment on the whole "
-            "image: for tiny low-resolution images) or cifar_pad_crop_flip."
+            "help": "Registered training transform: timm_randaugment (the authors': random resized crop, "
+            "flip, RandAugment) and randaugment (RandAugment on the whole image: for tiny low-resolution "
+            "images) apply only when randaugment_magnitude/num_ops are set, else the plain processor; "
+            "cifar_pad_crop_flip (pad 4, random crop, flip: the standard ResNet setting) applies to every run."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seeds shuffling, augmentation and dropout."})
@@ -191,6 +192,10 @@ class TrainingHyperparameters:
 
     @property
     def uses_augmentation(self) -> bool:
+        """Whether RandAugment is configured (the run id's "ra" prefix).
+
+        The RandAugment transforms need it; `augmentation="cifar_pad_crop_flip"` augments without it.
+        """
         return self.randaugment_magnitude is not None
 
     def to_dict(self) -> dict[str, Any]:
@@ -453,7 +458,9 @@ def _standard(**base_overrides: Any) -> GridSpec:
     """REFERENCE §2.2: 27 runs, epochs {40,50,60} × weight decay {1e-4,5e-5,1e-5} × smoothing {0,0.05,0.1}.
 
     The paper does not state the optimizer for this pool; the base keeps our AdamW loop with
-    learning rate 1e-4, no warm-up and cosine decay. Override them to match another setup.
+    learning rate 1e-4, no warm-up and cosine decay (the weight decays are then AdamW's decoupled
+    decay, not SGD's L2 term). Override them to match another setup; the ResNet-18 recipe adds
+    `augmentation: cifar_pad_crop_flip`.
     """
     base = TrainingHyperparameters(learning_rate=1e-4, warmup_steps=0, batch_size=128, epochs=40)
     return GridSpec(

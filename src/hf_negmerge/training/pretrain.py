@@ -8,7 +8,10 @@ trains it on every training class first:
   loss, i.e. cross-entropy of exp(s)·norm(image) @ headᵀ where the head is recomputed from the
   text tower at every step (prompt embeddings normalised, averaged per class, normalised), so
   the text tower learns class prompts the image tower can match;
-- tiny ViT: plain cross-entropy on its classification head.
+- tiny ViT: plain cross-entropy on its classification head;
+- ResNet: SalUn's CIFAR recipe (their `main_train.py` defaults): SGD with momentum 0.9, learning
+  rate 0.1 divided by 10 at epochs 91 and 136 of 182 (scaled to other epoch counts), weight decay
+  5e-4, CIFAR's pad-4 random crop and horizontal flip on every batch, no gradient clipping.
 
 The result is written with `ImageClassifier.save_pretrained` to `output_dir/<arch>-<hash>`, the
 hash covering model config, class names, data fingerprint and training recipe; a folder that
@@ -41,11 +44,19 @@ Objective = Callable[[Any], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class PretrainRecipe:
-    """Defaults for one architecture: how long, how fast, and which loss."""
+    """Defaults for one architecture: how long, how fast, which loss, optimizer and augmentation.
+
+    `optimizer="adamw"`: fused AdamW, 5% linear warm-up then cosine decay, gradients clipped to 1.
+    `optimizer="sgd"`: SGD with momentum 0.9 and the learning rate divided by 10 after half and
+    after 136/182 of the epochs (SalUn's 91/136 of 182), no clipping.
+    """
 
     epochs: int
     learning_rate: float
     objective: Objective
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"
+    pad_crop_flip: bool = False  # CIFAR's zero-pad-4 random crop + horizontal flip on every batch
 
 
 def _classification_objective(classifier: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -83,7 +94,19 @@ def _clip_zero_shot_objective(classifier: Any) -> Callable[[torch.Tensor, torch.
 PRETRAIN_RECIPES: dict[str, PretrainRecipe] = {
     "clip": PretrainRecipe(epochs=30, learning_rate=3e-3, objective=_clip_zero_shot_objective),
     "vit": PretrainRecipe(epochs=20, learning_rate=3e-3, objective=_classification_objective),
+    "resnet": PretrainRecipe(
+        epochs=182,
+        learning_rate=0.1,
+        objective=_classification_objective,
+        weight_decay=5e-4,
+        optimizer="sgd",
+        pad_crop_flip=True,
+    ),
 }
+SGD_MOMENTUM = 0.9
+# SalUn's `--decreasing_lr 91,136` over `--epochs 182`, as fractions of the run.
+SGD_DECAY_AT = (91 / 182, 136 / 182)
+SGD_DECAY_FACTOR = 0.1
 
 
 def prepare_original_model(
@@ -93,7 +116,7 @@ def prepare_original_model(
     epochs: int | None = None,
     learning_rate: float | None = None,
     batch_size: int = 64,
-    weight_decay: float = 0.01,
+    weight_decay: float | None = None,
     seed: int = 0,
     class_names: Sequence[str] | None = None,
     eval_dataset: Any | None = None,
@@ -120,6 +143,7 @@ def prepare_original_model(
     check_labels_in_range(dataset, len(names), "prepare_original_model dataset")
     epochs = recipe.epochs if epochs is None else epochs
     learning_rate = recipe.learning_rate if learning_rate is None else learning_rate
+    weight_decay = recipe.weight_decay if weight_decay is None else weight_decay
     if epochs < 1 or learning_rate <= 0 or batch_size < 1:
         raise ConfigError(
             f"prepare_original_model needs epochs ≥ 1, learning_rate > 0, batch_size ≥ 1; "
@@ -141,6 +165,11 @@ def prepare_original_model(
         # CPU kernels sum in another order with another thread count, so θ₀'s weights depend on it
         "torch_threads": torch.get_num_threads(),
     }
+    if recipe.optimizer != "adamw" or recipe.pad_crop_flip:  # absent for AdamW: earlier keys stay valid
+        settings.update(optimizer=recipe.optimizer, pad_crop_flip=recipe.pad_crop_flip)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cpu":  # GPU kernels give other weights; CPU keys stay as they were
+        settings["device"] = device.type
     if model_config.name_or_path is not None:  # the same path may later hold other weights
         from ..models._source import resolve_weights_source, source_weights_sha256
 
@@ -152,18 +181,17 @@ def prepare_original_model(
         return target
 
     started = time.time()
-    classifier = build_classifier(model_config, names)
+    classifier = build_classifier(model_config, names).to(device)  # a GPU when there is one
     for parameter in classifier.model.parameters():
         parameter.requires_grad_(True)
     pixels, labels = _encode(classifier, dataset)
     objective = recipe.objective(classifier)
-    # fused: one kernel for all tensors, ~10% faster steps for tiny models on CPU (torch ≥ 2.4)
-    optimizer = torch.optim.AdamW(
-        classifier.model.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True
-    )
     steps_per_epoch = -(-len(labels) // batch_size)
-    scheduler = _warmup_cosine(optimizer, total_steps=epochs * steps_per_epoch)
+    optimizer, scheduler = _optimizer_and_schedule(
+        recipe, classifier.model.parameters(), learning_rate, weight_decay, epochs, steps_per_epoch
+    )
     generator = torch.Generator().manual_seed(seed)
+    fill = _padding_fill(classifier) if recipe.pad_crop_flip else None
     classifier.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -173,10 +201,14 @@ def prepare_original_model(
             order = torch.randperm(len(labels), generator=generator)
             for start in range(0, len(labels), batch_size):
                 batch = order[start : start + batch_size]
-                loss = objective(pixels[batch], labels[batch])
+                inputs = pixels[batch]
+                if fill is not None:
+                    inputs = pad_crop_flip(inputs, fill, generator)
+                loss = objective(inputs.to(device), labels[batch].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(classifier.model.parameters(), 1.0)
+                if recipe.optimizer == "adamw":
+                    torch.nn.utils.clip_grad_norm_(classifier.model.parameters(), 1.0)
                 optimizer.step()
                 scheduler.step()
     classifier.eval()
@@ -209,6 +241,62 @@ def _encode(classifier: Any, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [dataset[i] for i in range(len(dataset))]
     batch = ImageClassificationCollator(classifier.preprocess)(rows)
     return batch["pixel_values"], batch["labels"]
+
+
+def _optimizer_and_schedule(
+    recipe: PretrainRecipe,
+    parameters: Any,
+    learning_rate: float,
+    weight_decay: float,
+    epochs: int,
+    steps_per_epoch: int,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The recipe's optimizer and its per-step learning-rate schedule."""
+    if recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            parameters, lr=learning_rate, momentum=SGD_MOMENTUM, weight_decay=weight_decay
+        )
+        milestones = sorted({round(fraction * epochs) * steps_per_epoch for fraction in SGD_DECAY_AT})
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=SGD_DECAY_FACTOR)
+        return optimizer, scheduler
+    # fused: one kernel for all tensors, ~10% faster steps for tiny models on CPU (torch ≥ 2.4)
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay, fused=True)
+    return optimizer, _warmup_cosine(optimizer, total_steps=epochs * steps_per_epoch)
+
+
+def _padding_fill(classifier: Any) -> torch.Tensor:
+    """Per-channel value of a black (zero) pixel after the processor's normalisation."""
+    from .loop import image_spec
+
+    spec = image_spec(classifier)
+    if spec.mean is None:
+        return torch.zeros(3)
+    return -torch.tensor(spec.mean) / torch.tensor(spec.std)
+
+
+def pad_crop_flip(
+    pixels: torch.Tensor, fill: torch.Tensor, generator: torch.Generator, padding: int = 4
+) -> torch.Tensor:
+    """CIFAR's training augmentation on a preprocessed batch [B, C, H, W].
+
+    Each image is padded by `padding` pixels of `fill` (black after normalisation), cropped back
+    to H×W at an offset uniform over 0..2·padding in each direction, and mirrored with p = 0.5:
+    the same distribution as `PadCropFlipTransform` on PIL images.
+    """
+    count, channels, height, width = pixels.shape
+    padded = (
+        fill.to(pixels.dtype)
+        .view(1, channels, 1, 1)
+        .repeat(count, 1, height + 2 * padding, width + 2 * padding)
+    )
+    padded[:, :, padding : padding + height, padding : padding + width] = pixels
+    offsets = torch.randint(0, 2 * padding + 1, (count, 2), generator=generator)
+    flips = torch.rand(count, generator=generator) < 0.5
+    crops = []
+    for image, (left, top), flip in zip(padded, offsets.tolist(), flips.tolist(), strict=True):
+        crop = image[:, top : top + height, left : left + width]
+        crops.append(crop.flip(-1) if flip else crop)
+    return torch.stack(crops)
 
 
 def _warmup_cosine(
