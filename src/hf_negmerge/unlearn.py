@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 import shutil
-from numbers import Real
 from pathlib import Path
 
 import torch
@@ -14,28 +12,16 @@ from .checkpoints import (
     OUTPUT_MARKER,
     CheckpointReader,
     atomic_output_dir,
+    atomic_write_text,
     check_no_overlap,
     check_output_dir,
     resolve_weight_files,
     save_state_dict,
 )
-from .errors import CheckpointError, ConfigError
-from .task_vector import TaskVector, add_scaled, check_compatible
+from .errors import CheckpointError
+from .task_vector import TaskVector, add_scaled, check_compatible, check_scale
 
-
-def check_scale(scale: object, source: str = "scale") -> float:
-    """λ must be a finite number ≥ 0: θ_u = θ₀ − λ·τ, and λ < 0 would add the forget task vector."""
-    if isinstance(scale, bool) or not isinstance(scale, Real):
-        raise ConfigError(f"{source} must be a number λ ≥ 0, got {type(scale).__name__} {scale!r}.")
-    if not math.isfinite(scale):
-        raise ConfigError(f"{source}={scale} must be finite.")
-    if scale < 0:
-        raise ConfigError(
-            f"{source}={scale} is negative. The unlearned model is θ_u = θ₀ − λ·τ, where τ is what "
-            "fine-tuning on the forget data added; λ < 0 adds it again and strengthens the data to be "
-            "forgotten. Use λ ≥ 0 (0 leaves the model unchanged)."
-        )
-    return float(scale)
+__all__ = ["check_scale", "unlearn", "write_unlearned_checkpoint"]
 
 
 def unlearn(
@@ -44,11 +30,12 @@ def unlearn(
     scale: float,
     model: nn.Module | None = None,
 ) -> nn.Module | dict:
-    """Subtract `scale` times the merged task vector (a model is changed in place).
+    """θ₀ − λ·τ: SUBTRACT `scale` (λ ≥ 0, checked) times the merged task vector.
 
-    A state dict in runtime names needs `model=` (see `TaskVector.apply_to`).
+    Same as `merged.negate_into(base, scale, model)`; a model is changed in place. A state dict
+    in runtime names needs `model=` (see `TaskVector.apply_to`).
     """
-    return merged.apply_to(base, scale=-check_scale(scale), model=model)
+    return merged.negate_into(base, scale, model=model)
 
 
 def write_unlearned_checkpoint(
@@ -58,12 +45,14 @@ def write_unlearned_checkpoint(
     output_dir: str | Path,
     overwrite: bool = False,
     max_shard_size: int | str = "5GB",
+    readme: str | None = None,
 ) -> Path:
     """Write θ₀ − λ·τ as a checkpoint folder loadable with `from_pretrained`.
 
     Weights keep the base's names and dtypes; non-float tensors and tensors outside the vector
     are copied unchanged; every non-weight file of the base (config, processor, tokenizer) is
-    copied along. The folder appears only when complete, and only if every weight is finite
+    copied along, except that `readme` (a model card's text), when given, is written as
+    `README.md` in place of the base's own card. The folder appears only when complete, and only if every weight is finite
     (a huge λ overflows). `overwrite` replaces only an earlier output of this tool; an output
     that is, contains or lies inside the base is refused.
     """
@@ -100,4 +89,6 @@ def write_unlearned_checkpoint(
             if item.is_file() and item.name not in weight_files and not item.name.startswith("."):
                 shutil.copy2(item, staging / item.name)
         save_state_dict(state_dict, staging, max_shard_size=max_shard_size)
+        if readme is not None:
+            atomic_write_text(staging / "README.md", readme)
     return Path(output_dir)
