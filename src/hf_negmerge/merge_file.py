@@ -57,6 +57,12 @@ class ModelRef:
     #: folder that relative local paths are taken from (the merge file's folder, or the CWD)
     root: Path = field(default=Path("."), compare=False)
 
+    @property
+    def local_path(self) -> Path:
+        """Where the model would be as a local folder (relative paths taken from `root`)."""
+        local = Path(self.model).expanduser()
+        return local if local.is_absolute() else self.root / local
+
     def to_yaml(self) -> str | dict[str, str]:
         return {"model": self.model, "revision": self.revision} if self.revision else self.model
 
@@ -80,9 +86,13 @@ class MergeFile:
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from error
         except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"Merge file {path} cannot be read ({getattr(error, 'strerror', None) or error}).") from error
+            raise ConfigError(
+                f"Merge file {path} cannot be read ({getattr(error, 'strerror', None) or error})."
+            ) from error
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping (base:, models:, method:, …), got {type(raw).__name__}.")
+            raise ConfigError(
+                f"{path} must hold a mapping (base:, models:, method:, …), got {type(raw).__name__}."
+            )
         return cls.from_dict(raw, path)
 
     @classmethod
@@ -95,7 +105,7 @@ class MergeFile:
             item.name for item in merge_fields()
         }
         merge = cls(path=path)
-        for key, value in raw.items():
+        for key in raw:
             if key in lambda_search:
                 raise ConfigError(
                     f"{where}'{key}' is a λ-search setting of `hf-negmerge unlearn`; a merge does not "
@@ -147,7 +157,9 @@ class MergeFile:
         for name in general:
             if name != "method" and (values[name] is not None or name in ("include", "exclude")):
                 document[name] = values[name]
-        return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+        return yaml.safe_dump(
+            document, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100
+        )
 
 
 def _reference(value: Any, where: str, root: Path) -> ModelRef:
@@ -167,7 +179,9 @@ def _reference(value: Any, where: str, root: Path) -> ModelRef:
     model, revision = value.get("model"), value.get("revision")
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{where}.model must be a folder or a Hub id, got {model!r}.")
-    if revision is not None and (not isinstance(revision, str | int) or isinstance(revision, bool) or not str(revision)):
+    if revision is not None and (
+        not isinstance(revision, str | int) or isinstance(revision, bool) or not str(revision)
+    ):
         raise ConfigError(f"{where}.revision must be a branch, tag or commit id, got {revision!r}.")
     return ModelRef(model, str(revision) if revision is not None else None, root=root)
 
@@ -198,9 +212,7 @@ def resolve_model(ref: ModelRef, what: str, token: str | bool | None = None) -> 
     """
     from .hub._connection import hub_errors, hub_offline, looks_like_repo_id
 
-    local = Path(ref.model).expanduser()
-    if not local.is_absolute():
-        local = ref.root / local
+    local = ref.local_path
     if local.is_dir():
         if ref.revision is not None:
             raise ConfigError(
@@ -222,10 +234,12 @@ def resolve_model(ref: ModelRef, what: str, token: str | bool | None = None) -> 
         from huggingface_hub.errors import LocalEntryNotFoundError
 
         try:
-            folder = snapshot_download(ref.model, revision=ref.revision, allow_patterns=patterns, local_files_only=True)
+            folder = snapshot_download(
+                ref.model, revision=ref.revision, allow_patterns=patterns, local_files_only=True
+            )
         except (LocalEntryNotFoundError, OSError, ValueError):
             folder = None
-    note = f"No local folder {local} exists either." if "/" in ref.model else ""
+    note = f"No local folder {local} exists either."
     if folder is None:
         with hub_errors("download the " + what, ref.model, token, local_note=note) as endpoint:
             folder = snapshot_download(

@@ -412,7 +412,11 @@ class TaskVector(HubArtifact):
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | Path, *, revision: str | None = None, token: str | bool | None = None
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
     ) -> TaskVector:
         """Load from a folder written by `save_pretrained` (or a merge/unlearn output folder, or one
         `.safetensors` file) or from a Hub repo id at `revision`."""

@@ -93,14 +93,19 @@ def _config_values(args: argparse.Namespace, merge_file: MergeFile | None = None
             values[item.name] = getattr(args, item.name)
             sources[item.name] = "--" + item.name.replace("_", "-")
     method = values.get("method", NegMergeConfig.method)
-    method_source = sources.get("method", "the default method")
+    in_file = sources.get("method", "--method") != "--method"
     for item in config_fields():
         methods = item.metadata.get("methods")
         if item.name in values and methods is not None and method not in methods:
             option = sources[item.name]
+            if in_file:
+                raise ConfigError(
+                    f"{option} only applies to method {' or '.join(methods)}; {sources['method']} is "
+                    f"{method}, which ignores it. Drop {option} or change the method."
+                )
             raise ConfigError(
-                f"{option} only applies to method {' or '.join(methods)}; "
-                f"method {method} ({method_source}) ignores it. Drop {option} or change the method."
+                f"{option} only applies to --method {' or '.join(methods)}; "
+                f"--method {method} ignores it. Drop {option} or change --method."
             )
     return values
 
@@ -116,7 +121,9 @@ def _inputs(args: argparse.Namespace, merge_file: MergeFile | None) -> tuple[Mod
     if base is None:
         raise ConfigError(f"No base model: give --base{where}.")
     if not models:
-        where = f" or 'models:' in {merge_file.path}" if merge_file else " (or a --config file with 'models:')"
+        where = (
+            f" or 'models:' in {merge_file.path}" if merge_file else " (or a --config file with 'models:')"
+        )
         raise ConfigError(f"No fine-tuned models: give --finetuned{where}.")
     return base, models
 
@@ -154,7 +161,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         raise ConfigError(f"{args.config}: {error}" if args.config is not None else str(error)) from error
     base_ref, model_refs = _inputs(args, merge_file)
-    # the output is checked before anything is downloaded or merged
+    # the output is checked before anything is downloaded or merged (Hub inputs again once resolved)
+    labelled = [("base", base_ref), *(("fine-tuned run", ref) for ref in model_refs)]
+    check_no_overlap(
+        args.out, [(label, ref.local_path) for label, ref in labelled if ref.local_path.is_dir()]
+    )
     _check_not_in_cache(args.out)
     remove_stale_staging(args.out)  # a killed run's leftovers (may put back an old output)
     if os.path.isdir(args.out) and not args.overwrite:
@@ -168,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
     architectures = _architectures(base.folder)
     # the staging folder exists before the merge starts: a write problem shows up before the work
     with atomic_output_dir(args.out, overwrite=args.overwrite, owned_marker=OUTPUT_MARKER) as staging:
-        result = merge_checkpoints(base.folder, [run.folder for run in runs], config, progress=not args.no_progress)
+        result = merge_checkpoints(
+            base.folder, [run.folder for run in runs], config, progress=not args.no_progress
+        )
         result.task_vector.metadata.update(
             base_model=base.label, finetuned_models=[run.label for run in runs]
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from .card import AUTO_CLASSES_FOR_TASK, MERGE_DESCRIPTIONS, task_for_architectures
@@ -25,7 +26,7 @@ def _license_of(folder: Path) -> str | None:
         return None
     try:
         return ModelCard.load(folder / "README.md").data.license
-    except Exception:  # a card that does not parse names no license  # noqa: BLE001
+    except (OSError, ValueError, yaml.YAMLError):  # a card that does not parse names no license
         return None
 
 

@@ -173,6 +173,11 @@ class NegationVector(HubArtifact):
     ) -> None:
         if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale):
             raise CheckpointError(f"NegationVector scale λ must be a finite number, got {scale!r}.")
+        if scale < 0:
+            raise CheckpointError(
+                f"NegationVector scale λ={scale} is negative; the vector is applied as θ₀ − λ·τ, so λ < 0 "
+                "would add the forget task back. Use λ ≥ 0."
+            )
         if not tensors:
             raise CheckpointError("NegationVector needs at least one tensor.")
         for key, tensor in tensors.items():
