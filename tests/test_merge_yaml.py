@@ -217,7 +217,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         server.stop()
 
 
-def test_hub_ids_with_revisions_are_downloaded_and_named_on_the_card(runs, hub, tmp_path) -> None:
+def test_hub_ids_with_revisions_are_downloaded_and_named_on_the_card(runs, hub, monkeypatch) -> None:
     models = runs / "models"
     api = HfApi(endpoint=hub.url)
     for name in ("base", "ft0"):
@@ -255,6 +255,13 @@ def test_hub_ids_with_revisions_are_downloaded_and_named_on_the_card(runs, hub, 
     vector = TaskVector.load(runs / "hub" / "merged_task_vector.safetensors")
     assert vector.metadata["base_model"] == "alice/base"
     assert vector.metadata["finetuned_models"] == ["alice/ft0@v1", "ft1"]
+    # offline, the snapshots in the cache serve the same merge
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.stop()
+    assert merge("--config", str(config), "--out", str(runs / "cached")) == 0
+    assert (runs / "cached" / "merged_task_vector.safetensors").read_bytes() == (
+        runs / "hub" / "merged_task_vector.safetensors"
+    ).read_bytes()
     # the output may not go into the cache that holds the downloaded inputs
     from huggingface_hub import constants
 

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from .config import NegMergeConfig
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 #: files of a model repo a merge needs: weights (safetensors), configs, processor and tokenizer, card
 MODEL_FILE_PATTERNS = ("*.safetensors", "*.json", "*.txt", "*.model", "README.md")
@@ -210,7 +210,7 @@ def resolve_model(ref: ModelRef, what: str, token: str | bool | None = None) -> 
     an error, since a folder has no revisions. Offline (`HF_HUB_OFFLINE`), a Hub id is served from
     the local cache when it is there; otherwise `HubUnavailableError` names the id at once.
     """
-    from .hub._connection import hub_errors, hub_offline, looks_like_repo_id
+    from .hub._connection import looks_like_repo_id
 
     local = ref.local_path
     if local.is_dir():
@@ -221,28 +221,17 @@ def resolve_model(ref: ModelRef, what: str, token: str | bool | None = None) -> 
             )
         return ResolvedModel(ref, local)
     if local.exists() or not looks_like_repo_id(ref.model):
-        from .errors import CheckpointError
-
         raise CheckpointError(
             f"The {what} '{ref.model}' is neither a local folder (no folder {local}) nor a Hub id of the form 'org/name'."
         )
-    from huggingface_hub import snapshot_download
+    from .hub.download import download_snapshot
 
-    patterns = list(MODEL_FILE_PATTERNS)
-    folder: str | None = None
-    if hub_offline():  # the Hub is switched off: the cache may still hold it
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        try:
-            folder = snapshot_download(
-                ref.model, revision=ref.revision, allow_patterns=patterns, local_files_only=True
-            )
-        except (LocalEntryNotFoundError, OSError, ValueError):
-            folder = None
-    note = f"No local folder {local} exists either."
-    if folder is None:
-        with hub_errors("download the " + what, ref.model, token, local_note=note) as endpoint:
-            folder = snapshot_download(
-                ref.model, revision=ref.revision, token=token, endpoint=endpoint, allow_patterns=patterns
-            )
+    folder = download_snapshot(
+        ref.model,
+        revision=ref.revision,
+        token=token,
+        allow_patterns=MODEL_FILE_PATTERNS,
+        action=f"download the {what}",
+        local_note=f"No local folder {local} exists either.",
+    )
     return ResolvedModel(ref, Path(folder), hub_id=ref.model, commit=Path(folder).name)
