@@ -187,6 +187,13 @@ def test_bad_merge_files_exit_2_naming_the_key(runs, capsys, document, argv, fra
     assert snapshot(runs) == before and not (runs / "out").exists()
 
 
+def test_a_bad_flag_value_is_not_blamed_on_the_file(runs, capsys) -> None:
+    config = write_yaml(runs / "models" / "merge.yaml", {"base": "base", "models": ["ft0"], "method": "ties"})
+    assert merge("--config", str(config), "--density", "5", "--out", str(runs / "out")) == 2
+    err = capsys.readouterr().err
+    assert "NegMergeConfig.density=5.0" in err and "merge.yaml" not in err
+
+
 def test_no_base_anywhere_is_named(runs, capsys) -> None:
     config = write_yaml(runs / "models" / "merge.yaml", {"models": ["ft0"]})
     assert merge("--config", str(config), "--out", str(runs / "out")) == 2

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -156,10 +157,15 @@ def run(args: argparse.Namespace) -> int:
     from ..unlearn import write_unlearned_checkpoint
 
     merge_file = MergeFile.load(args.config) if args.config is not None else None
+    values = _config_values(args, merge_file)
     try:
-        config = NegMergeConfig(**_config_values(args, merge_file))
+        config = NegMergeConfig(**values)
     except ConfigError as error:
-        raise ConfigError(f"{args.config}: {error}" if args.config is not None else str(error)) from error
+        # name the merge file unless the value at fault came from a flag
+        field = re.search(r"NegMergeConfig\.(\w+)", str(error))
+        from_flag = field is not None and getattr(args, field.group(1), None) is not None
+        from_file = merge_file is not None and not from_flag
+        raise ConfigError(f"{args.config}: {error}" if from_file else str(error)) from error
     base_ref, model_refs = _inputs(args, merge_file)
     # the output is checked before anything is downloaded or merged (Hub inputs again once resolved)
     labelled = [("base", base_ref), *(("fine-tuned run", ref) for ref in model_refs)]
