@@ -19,11 +19,15 @@ from torch import nn
 
 from .checkpoints import CheckpointReader, save_safetensors
 from .errors import CheckpointError
+from .hub_artifact import HubArtifact
 from .key_space import KeyNames, checkpoint_state_dict, unwrap_model
+from .lambda_search import check_scale
 
 _METADATA_KEY = "hf_negmerge"
 #: file name of a merged task vector in every output folder (merge CLI, grid runner, unlearn run)
 MERGED_VECTOR_NAME = "merged_task_vector.safetensors"
+#: file name `save_pretrained` writes (and what each fine-tuning run's folder holds)
+TASK_VECTOR_NAME = "task_vector.safetensors"
 
 
 def select_keys(
@@ -67,12 +71,18 @@ def difference(
     return finetuned.to(dtype) - base.to(dtype)
 
 
-class TaskVector:
+class TaskVector(HubArtifact):
     """A mapping from checkpoint tensor name to the change fine-tuning made there.
 
-    Arithmetic (`+`, `-`, scalar `*`, unary `-`) works key by key; `apply_to` adds
-    `scale · τ` to a model or state dict. NegMerge's unlearning step is
-    `merged.apply_to(model, scale=-λ)`.
+    Arithmetic (`+`, `-`, scalar `*`, unary `-`) works key by key. `apply_to(target, scale)`
+    ADDS `scale · τ`; `negate_into(target, scale=λ)` SUBTRACTS `λ · τ` (λ ≥ 0, checked): that is
+    NegMerge's unlearning step θ₀ − λ·τ, named so that its sign cannot be misread.
+
+    `save_pretrained(folder)` / `from_pretrained(folder_or_hub_id, revision=...)` /
+    `push_to_hub(repo_id)` come from huggingface_hub's `ModelHubMixin` (see `hub_artifact`); the
+    folder holds `task_vector.safetensors` (metadata in its header) and a `README.md`.
+    `save(path)` / `load(path)` read and write that single file, as every run folder and output
+    folder of this tool stores it.
 
     Keys are always checkpoint names, whatever the vector was built from: models are
     translated, and state dicts in runtime names are translated through a reference model
@@ -306,7 +316,11 @@ class TaskVector:
         scale: float = 1.0,
         model: nn.Module | None = None,
     ) -> nn.Module | dict[str, torch.Tensor]:
-        """θ + scale·τ. A model is updated in place and returned; a state dict is copied.
+        """θ + scale·τ: ADDS the vector (`scale=1` applies the fine-tuning it came from).
+
+        To unlearn, subtract it with `negate_into(target, scale=λ)` (or `hf_negmerge.unlearn`),
+        which refuses a negative λ; `apply_to(target, scale=-λ)` is the same operation with the
+        sign left to the caller. A model is updated in place and returned; a state dict is copied.
 
         A model (or `ImageClassifier`) is matched through its own names. A state dict is
         returned in the naming it was given: checkpoint names are used as they are; runtime
@@ -353,7 +367,60 @@ class TaskVector:
             result[name] = add_scaled(result[name], delta, scale)
         return result
 
+    def negate_into(
+        self,
+        target: nn.Module | Mapping[str, torch.Tensor],
+        scale: float,
+        model: nn.Module | None = None,
+    ) -> nn.Module | dict[str, torch.Tensor]:
+        """θ − λ·τ with λ = `scale` ≥ 0: SUBTRACTS the vector (NegMerge's unlearning step).
+
+        A negative or non-finite λ raises `ConfigError` (it would add the forget task back).
+        Otherwise exactly `apply_to(target, scale=-λ, model=model)`.
+        """
+        return self.apply_to(target, scale=-check_scale(scale), model=model)
+
     # -- persistence ----------------------------------------------------------------------------------
+    ARTIFACT_FILES = (TASK_VECTOR_NAME, MERGED_VECTOR_NAME)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        self.save(save_directory / TASK_VECTOR_NAME)
+
+    @classmethod
+    def _load_folder(cls, folder: Path, source: str) -> TaskVector:
+        for name in cls.ARTIFACT_FILES:  # a saved vector, or the merged vector of an output folder
+            if (folder / name).is_file():
+                return cls.load(folder / name)
+        raise CheckpointError(
+            f"{source} holds no task vector: expected {' or '.join(cls.ARTIFACT_FILES)} in {folder}."
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+    ) -> TaskVector:
+        """Load from a folder written by `save_pretrained` (or a merge/unlearn output folder, or one
+        `.safetensors` file) or from a Hub repo id at `revision`."""
+        path = Path(pretrained_model_name_or_path)
+        if path.is_file():
+            return cls.load(path)
+        return super().from_pretrained(pretrained_model_name_or_path, revision=revision, token=token)
+
+    def _card_values(self) -> dict[str, str]:
+        return {
+            "artifact": "Task vector",
+            "description": f"A task vector τ = θ_finetuned − θ_base over {len(self)} tensors "
+            f"({self.numel():,} entries, {self.count_nonzero():,} non-zero), keyed by checkpoint tensor "
+            "names. `apply_to` adds it to a model; `negate_into` subtracts λ·τ (unlearning).",
+            "usage": "from hf_negmerge import TaskVector\n\n"
+            'vector = TaskVector.from_pretrained("<this-repo>")\n'
+            "vector.negate_into(model, scale=0.5)  # θ − 0.5·τ, in place",
+        }
+
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file (atomically); metadata is kept as JSON in its header."""
         path = Path(path)

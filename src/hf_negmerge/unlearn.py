@@ -12,6 +12,7 @@ from .checkpoints import (
     OUTPUT_MARKER,
     CheckpointReader,
     atomic_output_dir,
+    atomic_write_text,
     check_no_overlap,
     check_output_dir,
     resolve_weight_files,
@@ -21,6 +22,8 @@ from .errors import CheckpointError
 from .lambda_search import check_scale
 from .task_vector import TaskVector, add_scaled, check_compatible
 
+__all__ = ["check_scale", "unlearn", "write_unlearned_checkpoint"]
+
 
 def unlearn(
     base: nn.Module | dict[str, torch.Tensor],
@@ -28,11 +31,12 @@ def unlearn(
     scale: float,
     model: nn.Module | None = None,
 ) -> nn.Module | dict:
-    """Subtract `scale` times the merged task vector (a model is changed in place).
+    """θ₀ − λ·τ: SUBTRACT `scale` (λ ≥ 0, checked) times the merged task vector.
 
-    A state dict in runtime names needs `model=` (see `TaskVector.apply_to`).
+    Same as `merged.negate_into(base, scale, model)`; a model is changed in place. A state dict
+    in runtime names needs `model=` (see `TaskVector.apply_to`).
     """
-    return merged.apply_to(base, scale=-check_scale(scale), model=model)
+    return merged.negate_into(base, scale, model=model)
 
 
 def write_unlearned_checkpoint(
@@ -42,12 +46,14 @@ def write_unlearned_checkpoint(
     output_dir: str | Path,
     overwrite: bool = False,
     max_shard_size: int | str = "5GB",
+    readme: str | None = None,
 ) -> Path:
     """Write θ₀ − λ·τ as a checkpoint folder loadable with `from_pretrained`.
 
     Weights keep the base's names and dtypes; non-float tensors and tensors outside the vector
     are copied unchanged; every non-weight file of the base (config, processor, tokenizer) is
-    copied along. The folder appears only when complete, and only if every weight is finite
+    copied along, except that `readme` (a model card's text), when given, is written as
+    `README.md` in place of the base's own card. The folder appears only when complete, and only if every weight is finite
     (a huge λ overflows). `overwrite` replaces only an earlier output of this tool; an output
     that is, contains or lies inside the base is refused.
     """
@@ -84,4 +90,6 @@ def write_unlearned_checkpoint(
             if item.is_file() and item.name not in weight_files and not item.name.startswith("."):
                 shutil.copy2(item, staging / item.name)
         save_state_dict(state_dict, staging, max_shard_size=max_shard_size)
+        if readme is not None:
+            atomic_write_text(staging / "README.md", readme)
     return Path(output_dir)

@@ -2,7 +2,7 @@
 
 Loaders (`NegMergeConfig.from_pretrained`, `NegationVector.from_pretrained`) accept either; this
 module is the one place that decides which it is and fetches from the Hub when needed, through
-huggingface_hub's cache (so a second load works offline).
+huggingface_hub's cache (so a second load works offline, also with `HF_HUB_OFFLINE=1`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ._connection import hub_errors, looks_like_repo_id
+from ._connection import hub_errors, hub_offline, looks_like_repo_id
 
 
 def resolve_folder(
@@ -35,15 +35,38 @@ def resolve_folder(
         raise CheckpointError(
             f"'{name}' is neither a local folder nor a Hub repo id of the form 'user/name'."
         )
+    return download_snapshot(name, revision=revision, token=token, allow_patterns=allow_patterns)
+
+
+def download_snapshot(
+    repo_id: str,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    allow_patterns: Sequence[str] | None = None,
+    action: str = "download",
+    local_note: str = "",
+) -> Path:
+    """The files of Hub repo `repo_id` at `revision` (only `allow_patterns`), as a cached folder.
+
+    With the Hub switched off (`HF_HUB_OFFLINE`), a snapshot already in the cache is used;
+    otherwise `HubUnavailableError` names the repo at once. `action` and `local_note` go into
+    that message ("Cannot {action} '{repo_id}': … {local_note}").
+    """
     from huggingface_hub import snapshot_download
 
-    with hub_errors("download", name, token) as endpoint:
+    patterns = list(allow_patterns) if allow_patterns is not None else None
+    if hub_offline():
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(
+                snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True)
+            )
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            pass  # not cached: hub_errors below says the Hub is switched off
+    with hub_errors(action, repo_id, token, local_note=local_note) as endpoint:
         folder = snapshot_download(
-            name,
-            revision=revision,
-            token=token,
-            endpoint=endpoint,
-            allow_patterns=list(allow_patterns) if allow_patterns is not None else None,
+            repo_id, revision=revision, token=token, endpoint=endpoint, allow_patterns=patterns
         )
     return Path(folder)
 

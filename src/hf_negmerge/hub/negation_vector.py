@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,8 @@ from torch import nn
 from ..checkpoints import atomic_write_text, save_safetensors
 from ..config import NegMergeConfig
 from ..errors import CheckpointError, NegMergeError
+from ..hub_artifact import HubArtifact
 from ..task_vector import TaskVector
-from ._upload import upload_folder_to_repo
-from .download import resolve_folder
 
 WEIGHTS_NAME = "negation_vector.safetensors"
 CONFIG_NAME = "negation_vector_config.json"
@@ -152,11 +150,17 @@ def choose_encoding(tensor: torch.Tensor) -> tuple[str, int]:
 
 
 # -- the artifact ------------------------------------------------------------------------------------------
-class NegationVector:
+class NegationVector(HubArtifact):
     """A merged task vector τ plus what is needed to unlearn with it: θ_u = θ₀ − λ·τ.
 
     `tensors` are dense in memory (checkpoint key space); the sparse encodings only exist on disk.
+    `save_pretrained` / `from_pretrained` / `push_to_hub` come from huggingface_hub's
+    `ModelHubMixin` (see `hf_negmerge.hub_artifact`): the two artifact files sit in a folder or a
+    Hub repo of their own, or next to the unlearned model they belong to (other files are never
+    touched, so a model's `config.json` stays the model's).
     """
+
+    ARTIFACT_FILES = (WEIGHTS_NAME, CONFIG_NAME)
 
     def __init__(
         self,
@@ -169,6 +173,11 @@ class NegationVector:
     ) -> None:
         if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale):
             raise CheckpointError(f"NegationVector scale λ must be a finite number, got {scale!r}.")
+        if scale < 0:
+            raise CheckpointError(
+                f"NegationVector scale λ={scale} is negative; the vector is applied as θ₀ − λ·τ, so λ < 0 "
+                "would add the forget task back. Use λ ≥ 0."
+            )
         if not tensors:
             raise CheckpointError("NegationVector needs at least one tensor.")
         for key, tensor in tensors.items():
@@ -210,13 +219,14 @@ class NegationVector:
         scale: float | None = None,
         model: nn.Module | None = None,
     ) -> nn.Module | dict[str, torch.Tensor]:
-        """θ₀ − λ·τ with λ = `scale` or the stored one: exactly `TaskVector.apply_to(target, -λ)`.
+        """Apply the NEGATION: θ₀ − λ·τ with λ = `scale` or the stored one (λ ≥ 0, checked).
 
-        A model is changed in place and returned; a state dict is copied (runtime-named ones
-        need `model=`, see `TaskVector.apply_to`).
+        Unlike `TaskVector.apply_to`, which adds, this subtracts: it is
+        `TaskVector.negate_into(target, λ)`. A model is changed in place and returned; a state
+        dict is copied (runtime-named ones need `model=`, see `TaskVector.apply_to`).
         """
         chosen = self.scale if scale is None else scale
-        return self.to_task_vector().apply_to(target, scale=-chosen, model=model)
+        return self.to_task_vector().negate_into(target, chosen, model=model)
 
     # -- sizes -------------------------------------------------------------------------------------------
     def encoding_plan(self) -> dict[str, tuple[str, int]]:
@@ -263,13 +273,8 @@ class NegationVector:
             "hf_negmerge_version": __version__,
         }
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `negation_vector.safetensors` and `negation_vector_config.json` into `directory`.
-
-        Each file is written atomically; other files in the folder (e.g. a model) are left alone.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def _save_pretrained(self, directory: Path) -> None:
+        """Write `negation_vector.safetensors` and `negation_vector_config.json` (each atomically)."""
         parts: dict[str, torch.Tensor] = {}
         layout: dict[str, dict[str, Any]] = {}
         for key, tensor in self.tensors.items():
@@ -284,16 +289,10 @@ class NegationVector:
         atomic_write_text(
             directory / CONFIG_NAME, json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n"
         )
-        return directory
 
     @classmethod
-    def from_pretrained(
-        cls, repo_id_or_dir: str | Path, revision: str | None = None, token: str | bool | None = None
-    ) -> NegationVector:
-        """Load from a local folder or a Hub repo id (downloads only the two artifact files)."""
-        folder = resolve_folder(
-            repo_id_or_dir, revision=revision, token=token, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME]
-        )
+    def _load_folder(cls, folder: Path, repo_id_or_dir: str) -> NegationVector:
+        """Read the two artifact files from `folder` (what `from_pretrained` resolved)."""
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
@@ -322,25 +321,20 @@ class NegationVector:
         except (NegMergeError, TypeError, ValueError, AttributeError) as error:
             raise CheckpointError(f"{config_path}: {error}") from error
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        private: bool = False,
-        revision: str | None = None,
-        commit_message: str | None = None,
-        token: str | bool | None = None,
-    ) -> str:
-        """Upload the two artifact files to `repo_id` (created if needed); returns the commit URL."""
-        with tempfile.TemporaryDirectory(prefix="negation-vector-") as staging:
-            self.save_pretrained(staging)
-            return upload_folder_to_repo(
-                staging,
-                repo_id,
-                private=private,
-                revision=revision,
-                token=token,
-                commit_message=commit_message or f"Upload NegMerge negation vector (λ={self.scale})",
-            )
+    def _default_commit_message(self) -> str:
+        return f"Upload NegMerge negation vector (λ={self.scale})"
+
+    def _card_values(self) -> dict[str, str]:
+        base = self.base_model or "<the original model>"
+        return {
+            "artifact": "NegMerge negation vector",
+            "description": f"A merged task vector τ ({self.method}) over {len(self.tensors)} tensors, "
+            f"{self.count_nonzero():,} of {self.numel():,} entries non-zero, stored sparsely, with the "
+            f"chosen λ = {self.scale:g}. Applying it gives the unlearned model θ₀ − λ·τ from `{base}`.",
+            "usage": "from hf_negmerge import NegationVector\n\n"
+            'vector = NegationVector.from_pretrained("<this-repo>")\n'
+            "vector.apply_to(model)  # θ₀ − λ·τ with the stored λ, in place",
+        }
 
 
 def _check_format(values: Any, source: Path) -> None:
