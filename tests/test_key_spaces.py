@@ -21,7 +21,7 @@ from hf_negmerge.errors import CheckpointError, ConfigError
 from hf_negmerge.hub import NegationVector
 from hf_negmerge.key_space import KeyNames, checkpoint_state_dict
 from hf_negmerge.merging import MergeAccumulator, merge_checkpoints, merge_task_vectors
-from hf_negmerge.unlearn import unlearn
+from hf_negmerge.negation import unlearn
 
 QUERY_DISK = "vit.encoder.layer.0.attention.attention.query.weight"
 QUERY_RUNTIME = "vit.layers.0.attention.q_proj.weight"

@@ -251,7 +251,7 @@ def test_interrupt_mid_merge_leaves_no_output(two_vit_runs, monkeypatch):
     root = two_vit_runs
     import importlib
 
-    unlearn_module = importlib.import_module("hf_negmerge.unlearn")  # the package attribute is the function
+    unlearn_module = importlib.import_module("hf_negmerge.negation")
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt

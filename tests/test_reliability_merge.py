@@ -38,7 +38,7 @@ from hf_negmerge import CheckpointReader, NegMergeConfig, TaskVector
 from hf_negmerge.checkpoints import OUTPUT_MARKER, atomic_output_dir
 from hf_negmerge.cli import main
 from hf_negmerge.errors import CheckpointError, ConfigError, MergeError, NegMergeError, OutputError
-from hf_negmerge.unlearn import unlearn, write_unlearned_checkpoint
+from hf_negmerge.negation import unlearn, write_unlearned_checkpoint
 
 INPUTS = ("base/*", "ft0/*", "ft1/*")
 SRC = str(Path(hf_negmerge.__file__).resolve().parents[1])

@@ -13,7 +13,7 @@ from conftest import make_tiny_vit
 from hf_negmerge import NegationVector, NegMergeConfig, TaskVector
 from hf_negmerge.errors import CheckpointError, ConfigError, HubUnavailableError
 from hf_negmerge.key_space import checkpoint_state_dict
-from hf_negmerge.unlearn import unlearn  # the function (the package attribute can be the submodule)
+from hf_negmerge.negation import unlearn
 from hub_stand_in import HubStandIn
 from test_hub import _point_hub_at
 from test_merge_cli import finetune_like

@@ -55,8 +55,8 @@ _EXPORTS: dict[str, str] = {
     "MergeStats": "hf_negmerge.merging",
     "available_methods": "hf_negmerge.merging",
     "register_merge_method": "hf_negmerge.merging",
-    "unlearn": "hf_negmerge.unlearn",
-    "write_unlearned_checkpoint": "hf_negmerge.unlearn",
+    "unlearn": "hf_negmerge.negation",
+    "write_unlearned_checkpoint": "hf_negmerge.negation",
     "CheckpointReader": "hf_negmerge.checkpoints",
 }
 

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from ..merge_file import resolve_model
     from ..merging import merge_checkpoints
     from ..task_vector import MERGED_VECTOR_NAME
-    from ..unlearn import write_unlearned_checkpoint
+    from ..negation import write_unlearned_checkpoint
 
     merge_file = MergeFile.load(args.config) if args.config is not None else None
     values = _config_values(args, merge_file)
