@@ -153,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
     from ..hub.merge_card import build_merge_card
     from ..merge_file import resolve_model
     from ..merging import merge_checkpoints
-    from ..task_vector import MERGED_VECTOR_NAME
     from ..negation import write_unlearned_checkpoint
+    from ..task_vector import MERGED_VECTOR_NAME
 
     merge_file = MergeFile.load(args.config) if args.config is not None else None
     values = _config_values(args, merge_file)
