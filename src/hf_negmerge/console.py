@@ -83,4 +83,6 @@ def bar(total: int, description: str, enabled: bool, unit: str = "it", leave: bo
     """A tqdm bar of ours (disabled bars cost nothing and print nothing)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, unit=unit, disable=not enabled, leave=leave, dynamic_ncols=True)
+    return tqdm(
+        total=total, desc=description, unit=unit, disable=not enabled, leave=leave, dynamic_ncols=True
+    )

@@ -487,9 +487,11 @@ def describe_plan(recipe: UnlearnRecipe, budget: bool = False) -> str:
     the plan adds its cost (`plan_budget`): steps, evaluations, downloads, disk and time.
     """
     from .recipe import check_sources
+    from .tracking import check_trackers
     from .training.grid import rows_for_warmup, warmup_key
 
     notes = check_sources(recipe)
+    check_trackers(recipe.evaluation.log_with)
     points = recipe.grid.expand()
     model = recipe.model.name_or_path or f"tiny {recipe.model.architecture} built from config"
     lines = [
@@ -532,8 +534,9 @@ def describe_plan(recipe: UnlearnRecipe, budget: bool = False) -> str:
 
 # Optimizer steps per second on one CPU thread, measured with the default recipe's tiny models
 # (docs/benchmarks.md, "Throughput for --dry-run"); None: not measured.
-STEPS_PER_SECOND: dict[str, float] = {"vit": 23.0, "clip": 9.0}
-SECONDS_PER_EVALUATION: dict[str, float] = {"vit": 0.2, "clip": 0.3}
+STEPS_PER_SECOND: dict[str, float | None] = {"vit": 23.0, "clip": None}  # grid runs (batch 32)
+ORIGINAL_STEPS_PER_SECOND: dict[str, float | None] = {"vit": 30.0, "clip": None}  # θ₀, pre-encoded
+SECONDS_PER_EVALUATION: dict[str, float | None] = {"vit": 0.2, "clip": None}  # one λ point or test
 BYTES_PER_PARAMETER = 4  # run task vectors are stored in float32
 
 
@@ -564,19 +567,31 @@ class PlanBudget:
 
     def seconds(self) -> float | None:
         """Rough time on one CPU thread for tiny models; None where no throughput was measured."""
-        if self.tiny is None or self.total_steps is None or STEPS_PER_SECOND.get(self.tiny) is None:
+        rates = [table.get(self.tiny or "") for table in (STEPS_PER_SECOND, ORIGINAL_STEPS_PER_SECOND)]
+        per_evaluation = SECONDS_PER_EVALUATION.get(self.tiny or "")
+        if self.total_steps is None or None in rates or per_evaluation is None:
             return None
-        steps = self.total_steps + (self.original_steps or 0)
         evaluations = self.evaluations + self.test_evaluations
-        return steps / STEPS_PER_SECOND[self.tiny] + evaluations * SECONDS_PER_EVALUATION[self.tiny]
+        return (
+            self.total_steps / rates[0]  # type: ignore[operator]
+            + (self.original_steps or 0) / rates[1]  # type: ignore[operator]
+            + evaluations * per_evaluation
+        )
 
     def lines(self) -> list[str]:
         rows = f"{self.forget_rows} forget-train rows" if self.forget_rows is not None else "rows unknown"
         lines = [f"budget ({rows}):"]
         if self.original_steps is not None:
             lines.append(f"  θ₀: {self.original_steps} optimizer steps (skipped when cached)")
+        groups: dict[tuple[int, int | None], list[str]] = {}
         for run_id, epochs, steps in self.runs:
-            lines.append(f"  {run_id}: {epochs} epochs, {steps if steps is not None else '?'} optimizer steps")
+            groups.setdefault((epochs, steps), []).append(run_id)
+        for (epochs, steps), run_ids in groups.items():
+            who = run_ids[0] if len(run_ids) == 1 else f"{len(run_ids)} runs ({run_ids[0]} … {run_ids[-1]})"
+            each = "" if len(run_ids) == 1 else " each"
+            lines.append(
+                f"  {who}: {epochs} epochs, {steps if steps is not None else '?'} optimizer steps{each}"
+            )
         total = self.total_steps
         lines.append(
             f"  total: {total} optimizer steps over {len(self.runs)} runs"
@@ -590,7 +605,9 @@ class PlanBudget:
         )
         lines += [f"  download: {item}" for item in self.downloads]
         size = self.vector_bytes
-        kept = "kept" if self.keep_run_vectors else "deleted after each fold (no comparison method reads them)"
+        kept = (
+            "kept" if self.keep_run_vectors else "deleted after each fold (no comparison method reads them)"
+        )
         lines.append(
             f"  disk: run task vectors ≈ {_size(size)} ({len(self.runs)} × {self.trained_parameters:,} "
             f"parameters × {BYTES_PER_PARAMETER} bytes), {kept}"
@@ -626,15 +643,18 @@ def keeps_run_vectors(recipe: UnlearnRecipe) -> bool:
 def plan_budget(recipe: UnlearnRecipe) -> PlanBudget:
     """Count what a recipe costs. Local and built-in data are loaded (cheap) to count rows; Hub
     data and models are looked up only when online (sizes from Hub metadata), never downloaded."""
-    from .data.loading import _is_hub_id, hub_is_offline
+    from .data.loading import _is_builtin, _is_hub_id, hub_is_offline
     from .training.grid import optimizer_steps
+
+    def on_hub(source: Any) -> bool:
+        return _is_hub_id(source) and not _is_builtin(source)
 
     points = recipe.grid.expand()
     hub_sources = [
         source for source in (recipe.data.dataset, recipe.data.control_dataset) if source is not None
     ]
-    local_data = not any(_is_hub_id(source) for source in hub_sources)
-    hub_model = recipe.model.name_or_path is not None and _is_hub_id(recipe.model.name_or_path)
+    local_data = not any(on_hub(source) for source in hub_sources)
+    hub_model = recipe.model.name_or_path is not None and on_hub(recipe.model.name_or_path)
     forget_rows = original_steps = parameters = None
     if local_data and not hub_model:
         data = build_unlearning_data(recipe.data, model_label_names(recipe))
@@ -660,7 +680,7 @@ def plan_budget(recipe: UnlearnRecipe) -> PlanBudget:
         downloads.append(_describe_download("model", recipe.model.name_or_path, size, offline))
         parameters = parameters if count is None else count
     for source in hub_sources:
-        if _is_hub_id(source):
+        if on_hub(source):
             size, _ = (None, None) if offline else _hub_size(source, "dataset")
             downloads.append(_describe_download("dataset", source, size, offline))
     tiny = recipe.model.architecture if recipe.model.name_or_path is None else None
@@ -729,6 +749,9 @@ def run_unlearning(
 
     output_dir = check_output_dir(recipe.output_dir)
     check_sources(recipe)  # the same path and split checks as --dry-run, before any work
+    from .tracking import check_trackers
+
+    check_trackers(recipe.evaluation.log_with)  # a missing tracker package fails now, not at the end
     if not progress:
         import datasets
         import transformers
@@ -887,6 +910,17 @@ def _run_claimed(
     evaluator.set_weights(grid.task_vector, main.selection.scale)
     seconds["total"] = time.perf_counter() - started
     write_outputs(recipe, outcome, evaluator.classifier, base_dir)
+    if recipe.evaluation.log_with:
+        from .outputs import lambda_log_rows, run_logs
+        from .tracking import send_to_trackers
+
+        send_to_trackers(
+            recipe.evaluation.log_with,
+            work / "trackers",
+            run_logs(outcome),
+            lambda_log_rows(outcome),
+            {"method": recipe.merge.method, "runs": len(grid.run_ids), "scale": main.selection.scale},
+        )
     return outcome
 
 

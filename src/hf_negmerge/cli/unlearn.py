@@ -31,9 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     shown = parser.add_mutually_exclusive_group()
-    shown.add_argument(
-        "--quiet", "-q", action="store_true", help="Print only errors and the final summary."
-    )
+    shown.add_argument("--quiet", "-q", action="store_true", help="Print only errors and the final summary.")
     shown.add_argument(
         "--verbose",
         "-v",
@@ -53,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from ..console import Console, quiet_libraries, silence_other_processes
     from ..pipeline import describe_plan
 
-    console = Console("quiet" if args.quiet else "verbose" if args.verbose else "normal", not args.no_progress)
+    console = Console(
+        "quiet" if args.quiet else "verbose" if args.verbose else "normal", not args.no_progress
+    )
     if not console.main:
         silence_other_processes()  # under accelerate launch / torchrun only RANK 0 speaks
     elif console.verbosity != "verbose":

@@ -182,8 +182,10 @@ def summary_table(rows: Sequence[Mapping[str, Any]], width: int = SUMMARY_WIDTH)
             name = str(row.get("method", ""))
             row["method"] = name if len(name) <= keep else name[: keep - 1] + "…"
         lines = _plain_table(rows, columns)
-    legend = SUMMARY_LEGEND if any(c.key == "unlearn_accuracy" for c in columns) else (
-        SUMMARY_LEGEND.replace("; UA = 100 − forget", "")
+    legend = (
+        SUMMARY_LEGEND
+        if any(c.key == "unlearn_accuracy" for c in columns)
+        else (SUMMARY_LEGEND.replace("; UA = 100 − forget", ""))
     )
     return "\n".join([*lines, *notes, legend])
 
