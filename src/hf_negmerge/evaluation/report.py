@@ -171,11 +171,11 @@ def summary_table(rows: Sequence[Mapping[str, Any]], width: int = SUMMARY_WIDTH)
     filled = {key for row in rows for key, value in row.items() if not _is_missing(value)}
     columns = [column for column in SUMMARY_COLUMNS if column.key in filled]
     lines = _plain_table(rows, columns)
-    if len(lines[0]) > width and any(column.key == "unlearn_accuracy" for column in columns):
+    if max(map(len, lines)) > width and any(column.key == "unlearn_accuracy" for column in columns):
         columns = [column for column in columns if column.key != "unlearn_accuracy"]
         lines = _plain_table(rows, columns)
-    if len(lines[0]) > width:  # cut the method names, the only free text left
-        excess = len(lines[0]) - width
+    if max(map(len, lines)) > width:  # cut the method names, the only free text left
+        excess = max(map(len, lines)) - width
         longest = max(len(str(row.get("method", ""))) for row in rows)
         keep = max(8, longest - excess)
         for row in rows:
