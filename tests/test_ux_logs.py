@@ -197,3 +197,85 @@ def test_run_writes_jsonl_logs_and_plots_listed_in_the_manifest(tmp_path, capsys
     for name in ("training_log.jsonl", "lambda_curves.jsonl", "loss_curves.png"):
         assert name in listed
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_two_processes_print_the_plan_bars_and_summary_once(tmp_path):
+    """torchrun with 2 CPU processes: one plan, one summary, no third-party bars or warnings."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [
+        *launcher,
+        "-m",
+        "hf_negmerge.cli",
+        "unlearn",
+        "--output-dir",
+        str(tmp_path / "two"),
+        f"original.cache_dir={tmp_path / 'cache'}",
+        "grid.axes.seed=[0,1]",
+        "grid.axes.learning_rate=[0.001]",
+        "grid.base.epochs=1",
+        "grid.base.warmup_steps=0",
+        "original.epochs=2",
+        "comparison=[uniform]",
+        "merge.lambda_grid=[0,1,2]",
+    ]
+    done = subprocess.run(command, check=True, env=env, capture_output=True, text=True, timeout=600)
+    shown = done.stdout + done.stderr
+    for once in ("data: 'digits'", "torch threads per process", "Status:", "Unlearned model and report"):
+        assert shown.count(once) == 1, (once, shown)
+    assert len(re.findall(r"^method\s+λ", done.stdout, flags=re.MULTILINE)) == 1
+    for noise in ("Loading weights", "Writing model shards", "Filter", "falling back"):
+        assert noise not in shown, noise
+    assert "evaluate" in done.stderr or "test uniform" in done.stderr  # our evaluation bar, once
+
+
+def test_dry_run_budget_online_reads_sizes_and_gated_access_from_hub_metadata(capsys, monkeypatch):
+    """Online: sizes are summed from the files' metadata; a gated dataset the token cannot read
+    is said so; nothing is downloaded (only *_info calls are made)."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    import hf_negmerge.data.loading as loading
+
+    calls = []
+
+    class FakeApi:
+        def model_info(self, repo_id, files_metadata=False):
+            calls.append(("model", repo_id, files_metadata))
+            files = [SimpleNamespace(size=605_000_000), SimpleNamespace(size=4_000)]
+            return SimpleNamespace(
+                siblings=files, safetensors=SimpleNamespace(total=151_277_313), gated=False
+            )
+
+        def dataset_info(self, repo_id, files_metadata=False):
+            calls.append(("dataset", repo_id, files_metadata))
+            if repo_id == "ILSVRC/imagenet-1k":
+                raise GatedRepoError(
+                    "gated", response=SimpleNamespace(headers={}, status_code=403, request=None)
+                )
+            return SimpleNamespace(siblings=[SimpleNamespace(size=1_950_000_000)], gated=False)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(loading, "hub_is_offline", lambda: False)
+    assert main(["unlearn", "--dry-run", "--config", "clip-vit-b32/cars"]) == 0
+    text = capsys.readouterr().out
+    assert "model 'openai/clip-vit-base-patch32': 605.0 MB" in text  # 605,004,000 bytes
+    assert "dataset 'tanganke/stanford_cars': 1.9 GB" in text  # 1.95 GB, one decimal
+    assert "dataset 'ILSVRC/imagenet-1k': gated: your token cannot read it" in text
+    # 30 runs × 151,277,313 parameters × 4 bytes: an upper bound (every parameter of the model)
+    expected = (
+        f"≤ {30 * 151_277_313 * 4 / 1e9:.1f} GB (30 × 151,277,313 parameters of the whole model × 4 bytes)"
+    )
+    assert expected in text
+    assert sorted(calls) == [
+        ("dataset", "ILSVRC/imagenet-1k", True),
+        ("dataset", "tanganke/stanford_cars", True),
+        ("model", "openai/clip-vit-base-patch32", True),
+    ]

@@ -553,6 +553,7 @@ class PlanBudget:
     keep_run_vectors: bool
     downloads: list[str]
     tiny: str | None  # the architecture whose measured throughput applies (tiny models on CPU)
+    parameters_are_total: bool = False  # from Hub metadata: every parameter, an upper bound
 
     @property
     def total_steps(self) -> int | None:
@@ -609,8 +610,10 @@ class PlanBudget:
             "kept" if self.keep_run_vectors else "deleted after each fold (no comparison method reads them)"
         )
         lines.append(
-            f"  disk: run task vectors ≈ {_size(size)} ({len(self.runs)} × {self.trained_parameters:,} "
-            f"parameters × {BYTES_PER_PARAMETER} bytes), {kept}"
+            f"  disk: run task vectors {'≤' if self.parameters_are_total else '≈'} {_size(size)} "
+            f"({len(self.runs)} × {self.trained_parameters:,} "
+            f"{'parameters of the whole model' if self.parameters_are_total else 'parameters'} × "
+            f"{BYTES_PER_PARAMETER} bytes), {kept}"
             if size is not None
             else f"  disk: run task vectors ≈ {BYTES_PER_PARAMETER} bytes × trained parameters × "
             f"{len(self.runs)} runs (parameter count unknown offline), {kept}"
@@ -694,6 +697,7 @@ def plan_budget(recipe: UnlearnRecipe) -> PlanBudget:
         keeps_run_vectors(recipe),
         downloads,
         tiny,
+        parameters_are_total=hub_model and parameters is not None,
     )
 
 

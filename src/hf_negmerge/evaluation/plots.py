@@ -210,18 +210,38 @@ def plot_kept_fraction(
     prefix = _common_dotted_prefix(names)
     if prefix:
         title = f"{title}\n(under {prefix.rstrip('.')})"
-    figure = Figure(figsize=(max(6.0, 0.35 * len(names) + 2), 4.5))
+    figure = Figure(figsize=(max(6.0, 0.35 * len(names) + 2), 4.5), layout="constrained")
     axes = figure.subplots()
-    axes.bar(range(len(names)), [grouped[name] for name in names], color="C0")
+    values = [grouped[name] for name in names]
+    bars = axes.bar(range(len(names)), values, color="C0")
+    if len(names) <= 24:  # a value per bar while they stay legible
+        axes.bar_label(bars, labels=[f"{value:.0%}" for value in values], fontsize=7, padding=2)
     weights = numel or dict.fromkeys(kept_fraction, 1)
     overall = sum(kept_fraction[name] * weights[name] for name in kept_fraction) / max(
         1, sum(weights[name] for name in kept_fraction)
     )
-    axes.axhline(overall, color="C3", linestyle="--", linewidth=1, label=f"overall {overall:.2%}")
-    axes.legend(fontsize=8)
+    axes.axhline(overall, color="C3", linestyle="--", linewidth=1)
+    axes.annotate(  # labelled on the line, outside the bars (no legend box over the data)
+        f"overall {overall:.1%}",
+        (1.0, overall),
+        xycoords=("axes fraction", "data"),
+        xytext=(4, 0),
+        textcoords="offset points",
+        va="center",
+        fontsize=8,
+        color="C3",
+    )
     axes.set_xticks(range(len(names)))
-    axes.set_xticklabels([name[len(prefix) :] for name in names], rotation=75, ha="right", fontsize=7)
-    axes.set_ylabel("fraction of elements kept")
-    axes.set_ylim(0, max(1e-3, max(grouped.values()) * 1.1))
+    long_names = max(len(name) - len(prefix) for name in names) > 12
+    axes.set_xticklabels(
+        [name[len(prefix) :] for name in names],
+        rotation=60 if long_names else 0,
+        ha="right" if long_names else "center",
+        fontsize=7,
+    )
+    axes.set_ylabel("fraction of τ's elements kept")
+    axes.set_ylim(0, 1.1)  # a fraction: the whole range, so layers compare across plots
+    axes.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    axes.grid(axis="y", alpha=0.3)
     axes.set_title(title)
     return save_figure(figure, path)
