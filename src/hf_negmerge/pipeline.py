@@ -11,7 +11,9 @@ Output folder (`recipe.output_dir`), pushable as is (`work/` is ignored by `hf-n
     merged_task_vector.safetensors   τ of the chosen method (θ_u = θ₀ − λ·τ)
     metrics.json, report.md      measured results (validation curve, test numbers, comparison)
     comparison.md, comparison.json
-    lambda_curves.png, kept_fraction.png
+    lambda_curves.png, kept_fraction.png, loss_curves.png
+    training_log.jsonl           loss and learning rate per optimizer step of every grid run
+    lambda_curves.jsonl          validation accuracies per (method, λ)
     recipe.yaml                  the resolved recipe
     README.md                    model card
     hf_negmerge_outputs.json     every file above with its sha256, written last: the completeness
