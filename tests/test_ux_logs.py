@@ -172,6 +172,7 @@ def test_run_writes_jsonl_logs_and_plots_listed_in_the_manifest(tmp_path, capsys
     lines = printed.out.strip().splitlines()
     assert lines[0].split()[:2] == ["method", "λ"]  # --quiet: the summary, nothing before it
     assert "Loading weights" not in printed.err and "%|" not in printed.err  # no bars at all
+    assert "Warning" not in printed.err  # --quiet: warnings only with the summary (stdout)
     assert max(len(line) for line in lines[:6]) <= 100
     forget_rows = json.loads((out / "work/grid/inputs.json").read_text())["forget_train"]["rows"]
     steps = math.ceil(forget_rows / 32)  # 1 epoch of batch 32
@@ -279,3 +280,29 @@ def test_dry_run_budget_online_reads_sizes_and_gated_access_from_hub_metadata(ca
         ("dataset", "tanganke/stanford_cars", True),
         ("model", "openai/clip-vit-base-patch32", True),
     ]
+
+
+def test_library_settings_are_restored_after_the_command():
+    """The CLI quiets libraries only while it runs: an in-process caller keeps its own settings."""
+    import logging
+
+    import datasets
+    import transformers
+
+    before = (
+        transformers.utils.logging.get_verbosity(),
+        transformers.utils.logging.is_progress_bar_enabled(),
+        datasets.is_progress_bar_enabled(),
+        logging.getLogger().level,
+        logging.getLogger("hf_negmerge").level,
+    )
+    for flags in (["--quiet"], []):
+        assert main(["unlearn", "--dry-run", *flags]) == 0
+        after = (
+            transformers.utils.logging.get_verbosity(),
+            transformers.utils.logging.is_progress_bar_enabled(),
+            datasets.is_progress_bar_enabled(),
+            logging.getLogger().level,
+            logging.getLogger("hf_negmerge").level,
+        )
+        assert after == before

@@ -8,9 +8,11 @@ runs the same command: only the process with RANK 0 prints, so nothing appears t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,32 +53,61 @@ class Console:
             print(text, flush=True)
 
 
-def quiet_libraries() -> None:
-    """Third-party bars and library warnings off for the rest of this process (not for --verbose).
+_LOGGERS = ("accelerate", "torch.distributed", "hf_negmerge", "")  # "": the root logger
 
-    Errors still surface: they are raised, not logged. Our own `OutcomeWarning`s are printed by
-    the CLI with the summary.
+
+@contextlib.contextmanager
+def terminal(console: Console) -> Iterator[None]:
+    """Libraries quiet as `console` asks while the command runs, restored afterwards (so a
+    caller that runs the CLI in-process, like the tests, keeps its own settings).
+
+    verbose: untouched. normal: third-party bars and library warnings off. quiet, or a process
+    other than the main one: every warning and log below ERROR off too.
     """
+    if console.verbosity == "verbose" and console.main:
+        yield
+        return
     import datasets
     import huggingface_hub.utils
     import transformers
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity_error()
-    huggingface_hub.utils.disable_progress_bars()
-    for name in ("accelerate", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|accelerate)\b")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-def silence_other_processes() -> None:
-    """On a process that is not the main one: no bars, no warnings, no library logs at all."""
-    quiet_libraries()
-    warnings.simplefilter("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
+    tf_logging = transformers.utils.logging
+    saved = {
+        "transformers": tf_logging.get_verbosity(),
+        "transformers_bars": tf_logging.is_progress_bar_enabled(),
+        "datasets": datasets.utils.logging.get_verbosity(),
+        "datasets_bars": datasets.is_progress_bar_enabled(),
+        "hub_bars": not huggingface_hub.utils.are_progress_bars_disabled(),
+        "levels": {name: logging.getLogger(name).level for name in _LOGGERS},
+    }
+    silent = console.verbosity == "quiet" or not console.main
+    with warnings.catch_warnings():
+        tf_logging.set_verbosity_error()
+        tf_logging.disable_progress_bar()
+        datasets.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+        huggingface_hub.utils.disable_progress_bars()
+        for name in _LOGGERS[:2]:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|accelerate)\b")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        if silent:
+            warnings.simplefilter("ignore")
+            for name in _LOGGERS[2:]:
+                logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            tf_logging.set_verbosity(saved["transformers"])
+            datasets.utils.logging.set_verbosity(saved["datasets"])
+            if saved["transformers_bars"]:
+                tf_logging.enable_progress_bar()
+            if saved["datasets_bars"]:
+                datasets.enable_progress_bars()
+            if saved["hub_bars"]:
+                huggingface_hub.utils.enable_progress_bars()
+            for name, level in saved["levels"].items():
+                logging.getLogger(name).setLevel(level)
 
 
 def bar(total: int, description: str, enabled: bool, unit: str = "it", leave: bool = True) -> Any:

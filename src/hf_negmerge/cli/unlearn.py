@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from ..recipe_files import available_recipes
 
@@ -45,19 +46,22 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir is not None:  # '' too, so that it is refused rather than ignored
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")  # quoted: any name stays a string
     from ..recipe import load_recipe
-    from ..threads import configure_torch_threads
 
     recipe = load_recipe(args.config, overrides)
-    from ..console import Console, quiet_libraries, silence_other_processes
-    from ..pipeline import describe_plan
+    from ..console import Console, terminal
 
     console = Console(
         "quiet" if args.quiet else "verbose" if args.verbose else "normal", not args.no_progress
     )
-    if not console.main:
-        silence_other_processes()  # under accelerate launch / torchrun only RANK 0 speaks
-    elif console.verbosity != "verbose":
-        quiet_libraries()
+    with terminal(console):
+        return _run(args, recipe, console)
+
+
+def _run(args: argparse.Namespace, recipe: Any, console: Any) -> int:
+    """The command once the terminal is set up: plan (and budget), run, summary."""
+    from ..pipeline import describe_plan
+    from ..threads import configure_torch_threads
+
     if args.dry_run:  # the plan is what was asked for: printed even with --quiet
         if console.main:
             print(describe_plan(recipe, budget=True))
