@@ -306,3 +306,62 @@ def test_library_settings_are_restored_after_the_command():
             logging.getLogger("hf_negmerge").level,
         )
         assert after == before
+
+
+def test_send_to_trackers_logs_every_step_and_lambda_point(monkeypatch, tmp_path):
+    """What reaches accelerate's trackers (a recording stand-in for Accelerator; no tracker
+    package is installed here): loss and learning rate by step, validation accuracies by λ index."""
+    import accelerate
+
+    import hf_negmerge.tracking as tracking
+
+    recorded = {}
+
+    class RecordingAccelerator:
+        def __init__(self, log_with, project_dir):
+            recorded.update(log_with=log_with, project_dir=project_dir, logs=[])
+
+        def init_trackers(self, name, config):
+            recorded.update(name=name, config=config)
+
+        def log(self, values, step):
+            recorded["logs"].append((step, values))
+
+        def end_training(self):
+            recorded["ended"] = True
+
+    monkeypatch.setattr(accelerate, "Accelerator", RecordingAccelerator)
+    monkeypatch.setattr(tracking, "check_trackers", lambda names: None)
+    logs = {
+        "r1": [
+            {"step": 1, "loss": 0.5, "learning_rate": 1e-3},
+            {"step": 2, "loss": 0.25, "learning_rate": 5e-4},
+        ]
+    }
+    curve = [
+        {"method": "negmerge", "scale": 0.0, "forget_accuracy": 90.0, "retain_accuracy": 95.0},
+        {"method": "negmerge", "scale": 1.0, "forget_accuracy": 10.0, "retain_accuracy": 93.0},
+    ]
+    tracking.send_to_trackers(["tensorboard"], tmp_path, logs, curve, {"method": "negmerge"})
+    assert recorded["log_with"] == ["tensorboard"] and recorded["project_dir"] == str(tmp_path)
+    assert recorded["ended"] is True
+    assert recorded["logs"] == [
+        (1, {"train/r1/loss": 0.5, "train/r1/learning_rate": 1e-3}),
+        (2, {"train/r1/loss": 0.25, "train/r1/learning_rate": 5e-4}),
+        (
+            0,
+            {
+                "lambda/negmerge/forget_accuracy": 90.0,
+                "lambda/negmerge/retain_accuracy": 95.0,
+                "lambda/negmerge/scale": 0.0,
+            },
+        ),
+        (
+            1,
+            {
+                "lambda/negmerge/forget_accuracy": 10.0,
+                "lambda/negmerge/retain_accuracy": 93.0,
+                "lambda/negmerge/scale": 1.0,
+            },
+        ),
+    ]
