@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 REPORT_FILE = "report.md"
 LAMBDA_PLOT = "lambda_curves.png"
 KEPT_PLOT = "kept_fraction.png"
+LOSS_PLOT = "loss_curves.png"
+TRAINING_LOG = "training_log.jsonl"
+LAMBDA_LOG = "lambda_curves.jsonl"
 
 
 def inherited_license(base: str | Path | None) -> str | None:
@@ -178,9 +181,55 @@ def build_output_files(
         staging / KEPT_PLOT,
         numel={k: s.numel for k, s in stats.tensors.items()},
     )
+    write_logs(outcome, staging)
     from .hub.card import UnlearningCardData, write_model_card
 
     write_model_card(UnlearningCardData.from_results(results, plots=[LAMBDA_PLOT, KEPT_PLOT]), staging)
+
+
+def run_logs(outcome: UnlearningOutcome) -> dict[str, list[dict[str, Any]]]:
+    """Each grid run's per-step log (work/grid/runs/<id>/train_log.jsonl), by run id; runs
+    trained before logs existed are left out."""
+    from .training.runner import RUNS_DIR, TRAIN_LOG_FILE
+
+    logs = {}
+    for run_id in outcome.run_ids:
+        path = outcome.output_dir / WORK_DIR / "grid" / RUNS_DIR / run_id / TRAIN_LOG_FILE
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            logs[run_id] = [json.loads(line) for line in lines if line.strip()]
+    return logs
+
+
+def lambda_log_rows(outcome: UnlearningOutcome) -> list[dict[str, Any]]:
+    """One row per (method, λ) point scored on validation, single runs included."""
+    rows = []
+    for method in [outcome.main, *outcome.comparison, *outcome.per_run]:
+        for point in sorted(method.selection.curve, key=lambda item: item.scale):
+            rows.append(
+                {
+                    "method": method.label,
+                    "scale": point.scale,
+                    "forget_accuracy": point.forget_accuracy,
+                    "retain_accuracy": point.retain_accuracy,
+                    "chosen": point.scale == method.selection.scale,
+                }
+            )
+    return rows
+
+
+def write_logs(outcome: UnlearningOutcome, staging: Path) -> None:
+    """training_log.jsonl (every run's steps, with its id), lambda_curves.jsonl and the loss plot."""
+    from .evaluation.plots import plot_loss_curves
+
+    logs = run_logs(outcome)
+    lines = [json.dumps({"run": run_id, **row}) + "\n" for run_id, rows in logs.items() for row in rows]
+    atomic_write_text(staging / TRAINING_LOG, "".join(lines))
+    atomic_write_text(
+        staging / LAMBDA_LOG, "".join(json.dumps(row) + "\n" for row in lambda_log_rows(outcome))
+    )
+    if any(logs.values()):
+        plot_loss_curves(logs, staging / LOSS_PLOT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +270,9 @@ KNOWN_OUTPUTS = (
     "recipe.yaml",
     LAMBDA_PLOT,
     KEPT_PLOT,
+    LOSS_PLOT,
+    TRAINING_LOG,
+    LAMBDA_LOG,
     "README.md",
 )
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}

@@ -11,7 +11,9 @@ Output folder (`recipe.output_dir`), pushable as is (`work/` is ignored by `hf-n
     merged_task_vector.safetensors   τ of the chosen method (θ_u = θ₀ − λ·τ)
     metrics.json, report.md      measured results (validation curve, test numbers, comparison)
     comparison.md, comparison.json
-    lambda_curves.png, kept_fraction.png
+    lambda_curves.png, kept_fraction.png, loss_curves.png
+    training_log.jsonl           loss and learning rate per optimizer step of every grid run
+    lambda_curves.jsonl          validation accuracies per (method, λ)
     recipe.yaml                  the resolved recipe
     README.md                    model card
     hf_negmerge_outputs.json     every file above with its sha256, written last: the completeness
@@ -419,15 +421,20 @@ def _search(
     vector: TaskVector,
     config: LambdaSearchConfig,
     original_point: LambdaPoint,
-    progress: bool,
+    bar: Any,
 ) -> LambdaSelection:
     constraint = _constraint_split(evaluator)
 
     def evaluate_at(scale: float) -> LambdaPoint:
-        if scale == 0.0:
-            return original_point
-        evaluator.set_weights(vector, scale)
-        return LambdaPoint(scale, evaluator.accuracy("forget_val"), evaluator.accuracy(constraint))
+        if scale != 0.0:
+            evaluator.set_weights(vector, scale)
+        point = (
+            original_point
+            if scale == 0.0
+            else LambdaPoint(scale, evaluator.accuracy("forget_val"), evaluator.accuracy(constraint))
+        )
+        bar.update(1)
+        return point
 
     return search_lambda(
         evaluate_at,
@@ -435,7 +442,7 @@ def _search(
         original_point,
         retain_ratio=config.retain_ratio,
         fallback=config.fallback,
-        progress=progress,
+        progress=False,  # the evaluation's one bar (`bar`) counts the points of every method
     )
 
 
@@ -446,14 +453,33 @@ def _outcome(
     label: str,
     original_point: LambdaPoint,
     recipe: UnlearnRecipe,
-    progress: bool,
+    bar: Any,
     kept_fraction: float | None = None,
     run_id: str | None = None,
 ) -> MethodOutcome:
-    selection = _search(evaluator, vector, config, original_point, progress)
+    bar.set_description_str(f"λ search {label}")
+    selection = _search(evaluator, vector, config, original_point, bar)
+    bar.set_description_str(f"test {label}")
     evaluator.set_weights(vector, selection.scale)
     test = _test_metrics(evaluator, recipe.mia_enabled)
+    bar.update(1)
     return MethodOutcome(config.method, label, selection, test, kept_fraction, run_id)
+
+
+def evaluation_count(recipe: UnlearnRecipe, num_runs: int) -> tuple[int, int]:
+    """(λ points scored on validation, test evaluations) for the main method and its comparison.
+
+    Task arithmetic is scored once per grid run (evaluation.per_run_task_arithmetic) or for the
+    first run only; a fixed merge.scale scores the main method at that one λ.
+    """
+    points = len(recipe.merge.lambda_grid)
+    searches = [1 if recipe.merge.scale is not None else points]
+    for method in recipe.comparison:
+        if method == recipe.merge.method:
+            continue
+        runs = num_runs if recipe.evaluation.per_run_task_arithmetic else 1
+        searches += [points] * (runs if method == "task_arithmetic" else 1)
+    return sum(searches), len(searches)
 
 
 def _load_vectors(
@@ -466,7 +492,13 @@ def _load_vectors(
 
     def vectors() -> Iterator[TaskVector]:
         for run_id in run_ids:
-            vector = TaskVector.load(grid_dir / RUNS_DIR / run_id / TASK_VECTOR_FILE)
+            path = grid_dir / RUNS_DIR / run_id / TASK_VECTOR_FILE
+            if not path.is_file():
+                raise ConfigError(
+                    f"{path} is missing: an earlier run with no comparison methods did not keep the runs' "
+                    "task vectors. Use a new output_dir to compare methods."
+                )
+            vector = TaskVector.load(path)
             keys = select_keys(vector.keys(), config.include, config.exclude, key_names)
             yield TaskVector({key: vector[key] for key in keys}, vector.metadata)
 
@@ -477,16 +509,19 @@ def _load_vectors(
 # Entry points.
 
 
-def describe_plan(recipe: UnlearnRecipe) -> str:
-    """What a run would do, from the recipe alone: nothing is loaded, downloaded or trained.
+def describe_plan(recipe: UnlearnRecipe, budget: bool = False) -> str:
+    """What a run would do, from the recipe alone: nothing is downloaded or trained.
 
     Local paths and split names are checked first (ConfigError naming the recipe key), so a
-    typo fails here rather than after θ₀ or the grid has trained.
+    typo fails here rather than after θ₀ or the grid has trained. With `budget` (`--dry-run`)
+    the plan adds its cost (`plan_budget`): steps, evaluations, downloads, disk and time.
     """
     from .recipe import check_sources
+    from .tracking import check_trackers
     from .training.grid import rows_for_warmup, warmup_key
 
     notes = check_sources(recipe)
+    check_trackers(recipe.evaluation.log_with)
     points = recipe.grid.expand()
     model = recipe.model.name_or_path or f"tiny {recipe.model.architecture} built from config"
     lines = [
@@ -523,6 +558,8 @@ def describe_plan(recipe: UnlearnRecipe) -> str:
         f"{Path(recipe.output_dir) / WORK_DIR / 'grid'}",
     ]
     lines += [f"note: {note}" for note in notes]
+    if budget:
+        lines += plan_budget(recipe).lines()
     return "\n".join(lines)
 
 
@@ -553,6 +590,211 @@ def _clip_plan(recipe: UnlearnRecipe) -> list[str]:
     return lines
 
 
+# Optimizer steps per second on one CPU thread, measured with the default recipe's tiny models
+# (docs/benchmarks.md, "Throughput for --dry-run"); None: not measured.
+STEPS_PER_SECOND: dict[str, float | None] = {"vit": 23.0, "clip": None}  # grid runs (batch 32)
+ORIGINAL_STEPS_PER_SECOND: dict[str, float | None] = {"vit": 30.0, "clip": None}  # θ₀, pre-encoded
+SECONDS_PER_EVALUATION: dict[str, float | None] = {"vit": 0.2, "clip": None}  # one λ point or test
+BYTES_PER_PARAMETER = 4  # run task vectors are stored in float32
+
+
+@dataclass
+class PlanBudget:
+    """The cost of a recipe, as far as it is known without training (None: unknown)."""
+
+    runs: list[tuple[str, int, int | None]]  # (run id, epochs, optimizer steps)
+    forget_rows: int | None
+    original_steps: int | None
+    evaluations: int
+    test_evaluations: int
+    trained_parameters: int | None
+    keep_run_vectors: bool
+    downloads: list[str]
+    tiny: str | None  # the architecture whose measured throughput applies (tiny models on CPU)
+    parameters_are_total: bool = False  # from Hub metadata: every parameter, an upper bound
+
+    @property
+    def total_steps(self) -> int | None:
+        steps = [run_steps for _, _, run_steps in self.runs]
+        return None if None in steps else sum(steps)  # type: ignore[arg-type]
+
+    @property
+    def vector_bytes(self) -> int | None:
+        if self.trained_parameters is None:
+            return None
+        return BYTES_PER_PARAMETER * self.trained_parameters * len(self.runs)
+
+    def seconds(self) -> float | None:
+        """Rough time on one CPU thread for tiny models; None where no throughput was measured."""
+        rates = [table.get(self.tiny or "") for table in (STEPS_PER_SECOND, ORIGINAL_STEPS_PER_SECOND)]
+        per_evaluation = SECONDS_PER_EVALUATION.get(self.tiny or "")
+        if self.total_steps is None or None in rates or per_evaluation is None:
+            return None
+        evaluations = self.evaluations + self.test_evaluations
+        return (
+            self.total_steps / rates[0]  # type: ignore[operator]
+            + (self.original_steps or 0) / rates[1]  # type: ignore[operator]
+            + evaluations * per_evaluation
+        )
+
+    def lines(self) -> list[str]:
+        rows = f"{self.forget_rows} forget-train rows" if self.forget_rows is not None else "rows unknown"
+        lines = [f"budget ({rows}):"]
+        if self.original_steps is not None:
+            lines.append(f"  θ₀: {self.original_steps} optimizer steps (skipped when cached)")
+        groups: dict[tuple[int, int | None], list[str]] = {}
+        for run_id, epochs, steps in self.runs:
+            groups.setdefault((epochs, steps), []).append(run_id)
+        for (epochs, steps), run_ids in groups.items():
+            who = run_ids[0] if len(run_ids) == 1 else f"{len(run_ids)} runs ({run_ids[0]} … {run_ids[-1]})"
+            each = "" if len(run_ids) == 1 else " each"
+            lines.append(
+                f"  {who}: {epochs} epochs, {steps if steps is not None else '?'} optimizer steps{each}"
+            )
+        total = self.total_steps
+        lines.append(
+            f"  total: {total} optimizer steps over {len(self.runs)} runs"
+            if total is not None
+            else f"  total: unknown optimizer steps over {len(self.runs)} runs (Hub data: row count unknown "
+            "without downloading)"
+        )
+        lines.append(
+            f"  evaluations: {self.evaluations} λ points on validation + {self.test_evaluations} test "
+            "evaluations (methods + single runs × λ points)"
+        )
+        lines += [f"  download: {item}" for item in self.downloads]
+        size = self.vector_bytes
+        kept = (
+            "kept" if self.keep_run_vectors else "deleted after each fold (no comparison method reads them)"
+        )
+        lines.append(
+            f"  disk: run task vectors {'≤' if self.parameters_are_total else '≈'} {_size(size)} "
+            f"({len(self.runs)} × {self.trained_parameters:,} "
+            f"{'parameters of the whole model' if self.parameters_are_total else 'parameters'} × "
+            f"{BYTES_PER_PARAMETER} bytes), {kept}"
+            if size is not None
+            else f"  disk: run task vectors ≈ {BYTES_PER_PARAMETER} bytes × trained parameters × "
+            f"{len(self.runs)} runs (parameter count unknown offline), {kept}"
+        )
+        if self.keep_run_vectors:
+            lines.append("    (comparison: [] does not keep them; the merge itself needs only a running sum)")
+        seconds = self.seconds()
+        lines.append(
+            f"  time: ≈ {seconds / 60:.1f} min on 1 CPU thread (docs/benchmarks.md throughput table)"
+            if seconds is not None
+            else "  time: no measured throughput for this model and device (docs/benchmarks.md); "
+            "time one run with grid.axes limited to one point"
+        )
+        return lines
+
+
+def _size(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def keeps_run_vectors(recipe: UnlearnRecipe) -> bool:
+    """Whether the runs' task vectors must stay on disk: only comparison methods read them again."""
+    return any(method != recipe.merge.method for method in recipe.comparison)
+
+
+def plan_budget(recipe: UnlearnRecipe) -> PlanBudget:
+    """Count what a recipe costs. Local and built-in data are loaded (cheap) to count rows; Hub
+    data and models are looked up only when online (sizes from Hub metadata), never downloaded."""
+    from .data.loading import _is_builtin, _is_hub_id, hub_is_offline
+    from .training.grid import optimizer_steps
+
+    def on_hub(source: Any) -> bool:
+        return _is_hub_id(source) and not _is_builtin(source)
+
+    points = recipe.grid.expand()
+    hub_sources = [
+        source for source in (recipe.data.dataset, recipe.data.control_dataset) if source is not None
+    ]
+    local_data = not any(on_hub(source) for source in hub_sources)
+    hub_model = recipe.model.name_or_path is not None and on_hub(recipe.model.name_or_path)
+    forget_rows = original_steps = parameters = None
+    if local_data and not hub_model:
+        data = build_unlearning_data(recipe.data, model_label_names(recipe))
+        forget_rows = len(data.forget_train)
+        if recipe.original.train and recipe.original.path is None:
+            rows = len(original_training_split(recipe, data))
+            original_steps = recipe.original.epochs * -(-rows // recipe.original.batch_size)
+        if recipe.model.name_or_path is None and data.class_names is not None:
+            parameters = _trained_parameters(recipe, data.class_names)
+    runs = [
+        (
+            point.id,
+            point.hyperparameters.epochs,
+            optimizer_steps(point.hyperparameters, forget_rows) if forget_rows is not None else None,
+        )
+        for point in points
+    ]
+    evaluations, tests = evaluation_count(recipe, len(points))
+    downloads: list[str] = []
+    offline = hub_is_offline()
+    if hub_model:
+        size, count = (None, None) if offline else _hub_size(recipe.model.name_or_path, "model")
+        downloads.append(_describe_download("model", recipe.model.name_or_path, size, offline))
+        parameters = parameters if count is None else count
+    for source in hub_sources:
+        if on_hub(source):
+            size, _ = (None, None) if offline else _hub_size(source, "dataset")
+            downloads.append(_describe_download("dataset", source, size, offline))
+    tiny = recipe.model.architecture if recipe.model.name_or_path is None else None
+    return PlanBudget(
+        runs,
+        forget_rows,
+        original_steps,
+        evaluations,
+        tests,
+        parameters,
+        keeps_run_vectors(recipe),
+        downloads,
+        tiny,
+        parameters_are_total=hub_model and parameters is not None,
+    )
+
+
+def _trained_parameters(recipe: UnlearnRecipe, class_names: list[str]) -> int:
+    """Elements of the tensors a run's task vector holds: what `mark_trainable` leaves trainable."""
+    from .models import build_classifier
+
+    classifier = build_classifier(recipe.model, class_names)
+    classifier.mark_trainable()
+    return sum(parameter.numel() for parameter in classifier.model.parameters() if parameter.requires_grad)
+
+
+def _hub_size(repo_id: str, repo_type: str) -> tuple[Any, int | None]:
+    """(download size in bytes or an access note, parameter count) from Hub metadata; nothing fetched."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+
+    api = HfApi()
+    try:
+        info = (api.model_info if repo_type == "model" else api.dataset_info)(repo_id, files_metadata=True)
+    except GatedRepoError:
+        return "gated: your token cannot read it (accept its terms on the Hub, then `hf auth login`)", None
+    except (HfHubHTTPError, OSError) as error:
+        return f"metadata unavailable ({type(error).__name__})", None
+    size = sum(sibling.size or 0 for sibling in info.siblings or [])
+    count = getattr(getattr(info, "safetensors", None), "total", None)
+    if getattr(info, "gated", False):
+        return f"{_size(size)}, gated: your token can read it", count
+    return size, count
+
+
+def _describe_download(kind: str, repo_id: str, size: Any, offline: bool) -> str:
+    if offline:
+        return f"{kind} {repo_id!r}: size unknown offline (HF_HUB_OFFLINE), gated access not checked"
+    if isinstance(size, int):
+        return f"{kind} {repo_id!r}: {_size(size)} (all files; already cached files are not fetched again)"
+    return f"{kind} {repo_id!r}: {size}"
+
+
 def run_unlearning(
     recipe: UnlearnRecipe, progress: bool = True, overwrite: bool = False
 ) -> UnlearningOutcome | None:
@@ -569,6 +811,9 @@ def run_unlearning(
 
     output_dir = check_output_dir(recipe.output_dir)
     check_sources(recipe)  # the same path and split checks as --dry-run, before any work
+    from .tracking import check_trackers
+
+    check_trackers(recipe.evaluation.log_with)  # a missing tracker package fails now, not at the end
     if not progress:
         import datasets
         import transformers
@@ -612,7 +857,7 @@ def _run_claimed(
         recipe.grid,
         work / "grid",
         merge_config=recipe.merge,
-        keep_task_vectors=True,
+        keep_task_vectors=keeps_run_vectors(recipe),
         keep_checkpoints=recipe.keep_checkpoints,
         progress=progress,
         base_description=f"{original_model['source']}={original_model['base_model']}",
@@ -632,6 +877,9 @@ def _run_claimed(
     original_point = LambdaPoint(0.0, evaluator.accuracy("forget_val"), evaluator.accuracy(constraint))
     original = _test_metrics(evaluator, recipe.mia_enabled)
 
+    from .console import bar as progress_bar
+
+    bar = progress_bar(sum(evaluation_count(recipe, len(grid.run_ids))), "evaluate", progress, unit="eval")
     main = _outcome(
         evaluator,
         grid.task_vector,
@@ -639,7 +887,7 @@ def _run_claimed(
         recipe.merge.method,
         original_point,
         recipe,
-        progress,
+        bar,
         kept_fraction=grid.merge.stats.kept_fraction,
     )
     key_names = KeyNames.of(classifier.model)
@@ -660,7 +908,7 @@ def _run_claimed(
                     f"task_arithmetic[{run_id}]",
                     original_point,
                     recipe,
-                    False,
+                    bar,
                     run_id=run_id,
                 )
                 for run_id, vector in zip(run_ids, vectors(), strict=False)
@@ -668,6 +916,7 @@ def _run_claimed(
             best = best_single_run(per_run)
             comparison.append(dataclasses.replace(best, label=f"task_arithmetic (best: {best.run_id})"))
             continue
+        bar.set_description_str(f"merge {method}")
         merged = merge_task_vectors(vectors(), config, key_names)
         comparison.append(
             _outcome(
@@ -677,10 +926,11 @@ def _run_claimed(
                 method,
                 original_point,
                 recipe,
-                False,
+                bar,
                 kept_fraction=merged.stats.kept_fraction,
             )
         )
+    bar.close()
     seconds["evaluation"] = time.perf_counter() - tick
 
     retrain = None
@@ -720,6 +970,17 @@ def _run_claimed(
     evaluator.set_weights(grid.task_vector, main.selection.scale)
     seconds["total"] = time.perf_counter() - started
     write_outputs(recipe, outcome, evaluator.classifier, base_dir)
+    if recipe.evaluation.log_with:
+        from .outputs import lambda_log_rows, run_logs
+        from .tracking import send_to_trackers
+
+        send_to_trackers(
+            recipe.evaluation.log_with,
+            work / "trackers",
+            run_logs(outcome),
+            lambda_log_rows(outcome),
+            {"method": recipe.merge.method, "runs": len(grid.run_ids), "scale": main.selection.scale},
+        )
     return outcome
 
 

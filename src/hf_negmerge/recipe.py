@@ -128,6 +128,13 @@ class EvaluationConfig:
         default=True,
         metadata={"help": "Evaluate task arithmetic for every single run (and report the best)."},
     )
+    log_with: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "accelerate trackers that also receive the training logs and λ curves "
+            "(e.g. [tensorboard]); the JSONL logs are always written."
+        },
+    )
 
     def __post_init__(self) -> None:
         _positive_int("evaluation.batch_size", self.batch_size)
@@ -137,6 +144,10 @@ class EvaluationConfig:
             _flag("evaluation.mia", self.mia)
         _flag("evaluation.retrain", self.retrain)
         _flag("evaluation.per_run_task_arithmetic", self.per_run_task_arithmetic)
+        if not isinstance(self.log_with, list) or not all(isinstance(name, str) for name in self.log_with):
+            raise ConfigError(
+                f"evaluation.log_with must be a tracker name or a list of them, got {self.log_with!r}."
+            )
 
 
 @dataclass

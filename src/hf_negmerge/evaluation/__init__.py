@@ -11,6 +11,7 @@ from .report import (
     COLUMNS,
     comparison_json,
     markdown_table,
+    summary_table,
     to_jsonable,
     write_comparison,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "predict",
     "predict_dataset",
     "select_members",
+    "summary_table",
     "to_jsonable",
     "write_comparison",
 ]

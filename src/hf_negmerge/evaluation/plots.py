@@ -33,17 +33,22 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
 def plot_lambda_curves(
     curves: Mapping[str, LambdaSelection | Sequence[LambdaPoint]],
     path: str | Path,
-    title: str = "Forget vs retain accuracy along λ",
+    title: str = "Forget vs retain accuracy along λ (validation)",
 ) -> Path:
     """One line per method through its (retain, forget) validation accuracies, ordered by λ.
 
-    A `LambdaSelection` also marks its chosen λ (star, annotated) and its retain threshold
-    (dashed vertical line). The right panel shows both accuracies against λ.
+    A `LambdaSelection` marks its chosen λ (star) and its retain threshold (a labelled dashed
+    line: points left of it are refused). Chosen points are named in the legend ("λ=3") rather
+    than annotated, so labels never overlap; the legend sits outside the axes. The retain axis
+    starts a little below the lowest threshold: the region where a λ can be chosen. The right
+    panel shows both accuracies against λ.
     """
     if not curves:
         raise ValueError("No λ curves to plot.")
-    figure = Figure(figsize=(11, 4.5))
+    figure = Figure(figsize=(12, 4.6), layout="constrained")
     tradeoff, along = figure.subplots(1, 2)
+    thresholds: list[float] = []
+    retain_values: list[float] = []
     for index, (method, curve) in enumerate(curves.items()):
         selection = curve if isinstance(curve, LambdaSelection) else None
         points = sorted(selection.curve if selection else curve, key=lambda point: point.scale)
@@ -53,37 +58,99 @@ def plot_lambda_curves(
         scales = [point.scale for point in points]
         forget = [point.forget_accuracy for point in points]
         retain = [point.retain_accuracy for point in points]
-        tradeoff.plot(retain, forget, marker="o", markersize=3, color=color, label=method)
-        along.plot(scales, forget, color=color, label=f"{method} forget")
-        along.plot(scales, retain, color=color, linestyle="--", label=f"{method} retain")
+        retain_values += retain
+        label = method if selection is None else f"{method} (λ={selection.scale:g})"
+        tradeoff.plot(retain, forget, marker="o", markersize=3, color=color, label=label)
+        along.plot(scales, forget, color=color)
+        along.plot(scales, retain, color=color, linestyle="--")
         if selection is not None:
             chosen = selection.point
             tradeoff.scatter(
                 [chosen.retain_accuracy],
                 [chosen.forget_accuracy],
                 marker="*",
-                s=220,
+                s=200,
                 color=color,
                 edgecolors="black",
                 zorder=5,
             )
-            tradeoff.annotate(
-                f"λ={chosen.scale:g}",
-                (chosen.retain_accuracy, chosen.forget_accuracy),
-                textcoords="offset points",
-                xytext=(6, 6),
-                fontsize=8,
+            along.scatter(
+                [chosen.scale],
+                [chosen.forget_accuracy],
+                marker="*",
+                s=120,
+                color=color,
+                edgecolors="black",
+                zorder=5,
             )
-            tradeoff.axvline(selection.threshold, color=color, linestyle=":", linewidth=1)
-            along.axvline(chosen.scale, color=color, linestyle=":", linewidth=1)
-    tradeoff.set_xlabel("retain / control validation accuracy")
-    tradeoff.set_ylabel("forget validation accuracy")
-    tradeoff.set_title(title)
-    tradeoff.legend(fontsize=8)
+            thresholds.append(selection.threshold)
+    for threshold in sorted(set(round(value, 6) for value in thresholds)):
+        tradeoff.axvline(threshold, color="0.3", linestyle="--", linewidth=1)
+        tradeoff.annotate(
+            f"retain threshold {threshold:.2f}",
+            (threshold, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(-3, -3),
+            textcoords="offset points",
+            rotation=90,
+            ha="right",
+            va="top",
+            fontsize=8,
+            color="0.3",
+        )
+    if thresholds:  # the region that matters: from just below the threshold to the best retain
+        low = min(thresholds) - 0.25 * (max(retain_values) - min(thresholds) + 1.0)
+        high = max(retain_values)
+        tradeoff.set_xlim(max(min(retain_values), low) - 0.5, high + 0.5)
+    tradeoff.set_ylim(-2, 102)
+    tradeoff.set_xlabel("retain / control accuracy, % (validation)")
+    tradeoff.set_ylabel("forget accuracy, % (validation)")
+    tradeoff.set_title(title, fontsize=10)
+    tradeoff.grid(alpha=0.3)
+    handles, labels = tradeoff.get_legend_handles_labels()
+    from matplotlib.lines import Line2D
+
+    handles += [
+        Line2D([], [], marker="*", color="0.3", markeredgecolor="black", markersize=11, linestyle=""),
+        Line2D([], [], color="0.3", linestyle="--"),
+    ]
+    labels += ["chosen λ", "retain threshold (left: refused)"]
+    figure.legend(
+        handles, labels, loc="outside right upper", fontsize=8, title="method (chosen λ)", title_fontsize=8
+    )
     along.set_xlabel("λ")
-    along.set_ylabel("accuracy")
-    along.set_title("Accuracy against λ (solid: forget, dashed: retain)")
-    along.legend(fontsize=7, ncol=2)
+    along.set_ylabel("accuracy, % (validation)")
+    along.set_ylim(-2, 102)
+    along.set_title("Accuracy against λ (solid: forget, dashed: retain)", fontsize=10)
+    along.grid(alpha=0.3)
+    return save_figure(figure, path)
+
+
+def plot_loss_curves(logs: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path) -> Path:
+    """Training loss per optimizer step, one line per run (log scale when the loss spans decades),
+    with the learning-rate schedule below; `logs` maps a run id to its train_log rows."""
+    runs = {run: rows for run, rows in logs.items() if rows}
+    if not runs:
+        raise ValueError("No training logs to plot.")
+    figure = Figure(figsize=(10, 5.5), layout="constrained")
+    loss_axes, rate_axes = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    losses = []
+    for index, (run, rows) in enumerate(runs.items()):
+        steps = [row["step"] for row in rows]
+        loss = [row["loss"] for row in rows]
+        losses += [value for value in loss if value > 0]
+        loss_axes.plot(steps, loss, color=f"C{index % 10}", linewidth=1.2, label=run)
+        rate_axes.plot(steps, [row["learning_rate"] for row in rows], color=f"C{index % 10}", linewidth=1)
+    if losses and max(losses) / min(losses) > 100:
+        loss_axes.set_yscale("log")
+    loss_axes.set_ylabel("training loss")
+    loss_axes.set_title(f"Fine-tuning on the forget set: {len(runs)} runs", fontsize=10)
+    loss_axes.grid(alpha=0.3)
+    rate_axes.set_ylabel("learning rate")
+    rate_axes.set_xlabel("optimizer step")
+    rate_axes.grid(alpha=0.3)
+    rate_axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    figure.legend(loc="outside right upper", fontsize=7, title="run", title_fontsize=8)
     return save_figure(figure, path)
 
 
@@ -143,18 +210,38 @@ def plot_kept_fraction(
     prefix = _common_dotted_prefix(names)
     if prefix:
         title = f"{title}\n(under {prefix.rstrip('.')})"
-    figure = Figure(figsize=(max(6.0, 0.35 * len(names) + 2), 4.5))
+    figure = Figure(figsize=(max(6.0, 0.35 * len(names) + 2), 4.5), layout="constrained")
     axes = figure.subplots()
-    axes.bar(range(len(names)), [grouped[name] for name in names], color="C0")
+    values = [grouped[name] for name in names]
+    bars = axes.bar(range(len(names)), values, color="C0")
+    if len(names) <= 24:  # a value per bar while they stay legible
+        axes.bar_label(bars, labels=[f"{value:.0%}" for value in values], fontsize=7, padding=2)
     weights = numel or dict.fromkeys(kept_fraction, 1)
     overall = sum(kept_fraction[name] * weights[name] for name in kept_fraction) / max(
         1, sum(weights[name] for name in kept_fraction)
     )
-    axes.axhline(overall, color="C3", linestyle="--", linewidth=1, label=f"overall {overall:.2%}")
-    axes.legend(fontsize=8)
+    axes.axhline(overall, color="C3", linestyle="--", linewidth=1)
+    axes.annotate(  # labelled on the line, outside the bars (no legend box over the data)
+        f"overall {overall:.1%}",
+        (1.0, overall),
+        xycoords=("axes fraction", "data"),
+        xytext=(4, 0),
+        textcoords="offset points",
+        va="center",
+        fontsize=8,
+        color="C3",
+    )
     axes.set_xticks(range(len(names)))
-    axes.set_xticklabels([name[len(prefix) :] for name in names], rotation=75, ha="right", fontsize=7)
-    axes.set_ylabel("fraction of elements kept")
-    axes.set_ylim(0, max(1e-3, max(grouped.values()) * 1.1))
+    long_names = max(len(name) - len(prefix) for name in names) > 12
+    axes.set_xticklabels(
+        [name[len(prefix) :] for name in names],
+        rotation=60 if long_names else 0,
+        ha="right" if long_names else "center",
+        fontsize=7,
+    )
+    axes.set_ylabel("fraction of τ's elements kept")
+    axes.set_ylim(0, 1.1)  # a fraction: the whole range, so layers compare across plots
+    axes.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    axes.grid(axis="y", alpha=0.3)
     axes.set_title(title)
     return save_figure(figure, path)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import numbers
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,79 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column] 
     return "\n".join(
         [render([column.header for column in columns]), render(rule), *(render(line) for line in cells)]
     )
+
+
+#: The terminal summary: test numbers only (λ was chosen on validation; report.md has both).
+SUMMARY_COLUMNS: tuple[Column, ...] = (
+    Column("method", "method"),
+    Column("scale", "λ", 2),
+    Column("forget_accuracy", "forget ↓", 2),
+    Column("unlearn_accuracy", "UA ↑", 2),
+    Column("retain_accuracy", "retain ↑", 2),
+    Column("test_accuracy", "test ↑", 2),
+    Column("control_accuracy", "control ↑", 2),
+    Column("mia_efficacy", "MIA", 2),
+    Column("avg_gap", "gap ↓", 2),
+    Column("status", "status"),
+)
+SUMMARY_WIDTH = 100
+SUMMARY_LEGEND = "% on test rows; λ chosen on validation rows (report.md); UA = 100 − forget; ↓↑ better"
+_SHORT_STATUS = {"retain constraint not met": "retain not met"}
+_BEST_RUN = re.compile(r"^(?P<method>.+) \(best: (?P<run>.+)\)$")
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]], width: int = SUMMARY_WIDTH) -> str:
+    """The final terminal summary: an aligned plain table of at most `width` columns, then a legend.
+
+    Two decimals throughout; a method's "(best: run-id)" moves to a note under the table; if the
+    table is still too wide, UA (100 − forget) is left out, then the method names are cut.
+    """
+    rows = [dict(row) for row in rows]
+    if not rows:
+        raise ValueError("No rows to tabulate.")
+    notes = []
+    for row in rows:
+        match = _BEST_RUN.match(str(row.get("method", "")))
+        if match:
+            row["method"] = f"{match['method']}*"
+            notes.append(f"* best single run: {match['run']}")
+        if row.get("status") in _SHORT_STATUS:
+            row["status"] = _SHORT_STATUS[row["status"]]
+    filled = {key for row in rows for key, value in row.items() if not _is_missing(value)}
+    columns = [column for column in SUMMARY_COLUMNS if column.key in filled]
+    lines = _plain_table(rows, columns)
+    if max(map(len, lines)) > width and any(column.key == "unlearn_accuracy" for column in columns):
+        columns = [column for column in columns if column.key != "unlearn_accuracy"]
+        lines = _plain_table(rows, columns)
+    if max(map(len, lines)) > width:  # cut the method names, the only free text left
+        excess = max(map(len, lines)) - width
+        longest = max(len(str(row.get("method", ""))) for row in rows)
+        keep = max(8, longest - excess)
+        for row in rows:
+            name = str(row.get("method", ""))
+            row["method"] = name if len(name) <= keep else name[: keep - 1] + "…"
+        lines = _plain_table(rows, columns)
+    legend = (
+        SUMMARY_LEGEND
+        if any(c.key == "unlearn_accuracy" for c in columns)
+        else (SUMMARY_LEGEND.replace("; UA = 100 − forget", ""))
+    )
+    return "\n".join([*lines, *notes, legend])
+
+
+def _plain_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> list[str]:
+    """Header, a rule, and one line per row; numbers right-aligned, two spaces between columns."""
+    cells = [[format_value(row.get(column.key), column.decimals) for column in columns] for row in rows]
+    numeric = [any(isinstance(row.get(column.key), numbers.Real) for row in rows) for column in columns]
+    widths = [max(len(column.header), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+
+    def render(values: Sequence[str]) -> str:
+        return "  ".join(
+            value.rjust(w) if is_numeric else value.ljust(w)
+            for value, w, is_numeric in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    return [render([c.header for c in columns]), "  ".join("─" * w for w in widths), *map(render, cells)]
 
 
 def comparison_json(rows: Iterable[Mapping[str, Any]]) -> str:

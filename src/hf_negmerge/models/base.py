@@ -38,6 +38,19 @@ _SAVED_CONFIG_FIELDS = (
 )
 
 
+def image_processor_class(name: str) -> Any:
+    """transformers' `name` image processor, or its PIL twin `<name>Pil` without torchvision.
+
+    Importing the plain name without torchvision makes transformers warn that it falls back to
+    the PIL class on every run; asking for that class directly gives the same processor (saved
+    under the same image_processor_type) and no warning.
+    """
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    return getattr(transformers, name if is_torchvision_available() else f"{name}Pil")
+
+
 def processor_image_size(image_processor: Any) -> int:
     """The square side the processor outputs (crop size when it centre-crops, else resize size)."""
     size = (

@@ -18,7 +18,6 @@ from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
     CLIPConfig,
-    CLIPImageProcessor,
     CLIPModel,
     CLIPTextConfig,
     CLIPVisionConfig,
@@ -29,6 +28,7 @@ from ._source import WeightsSource
 from ._tiny_tokenizer import build_word_level_tokenizer
 from .base import (
     ImageClassifier,
+    image_processor_class,
     processor_image_size,
     register_classifier,
     seeded_init,
@@ -214,7 +214,7 @@ class CLIPZeroShotClassifier(ImageClassifier):
         model = seeded_init(config.init_seed, lambda: CLIPModel(clip_config))
         if config.dtype != "auto":
             model = model.to(config.torch_dtype)
-        processor = CLIPImageProcessor(
+        processor = image_processor_class("CLIPImageProcessor")(
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
             do_center_crop=True,

@@ -10,12 +10,17 @@ from transformers import (
     AutoImageProcessor,
     ViTConfig,
     ViTForImageClassification,
-    ViTImageProcessor,
 )
 
 from ..errors import ConfigError
 from ._source import WeightsSource
-from .base import ImageClassifier, processor_image_size, register_classifier, seeded_init
+from .base import (
+    ImageClassifier,
+    image_processor_class,
+    processor_image_size,
+    register_classifier,
+    seeded_init,
+)
 from .config import ModelConfig
 
 _TINY_VIT = {
@@ -85,7 +90,7 @@ class ViTClassifier(ImageClassifier):
         model = seeded_init(config.init_seed, lambda: ViTForImageClassification(vit_config))
         if config.dtype != "auto":
             model = model.to(config.torch_dtype)
-        processor = ViTImageProcessor(
+        processor = image_processor_class("ViTImageProcessor")(
             size={"height": image_size, "width": image_size},
             do_resize=True,
             image_mean=[0.5, 0.5, 0.5],

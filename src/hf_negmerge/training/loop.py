@@ -41,13 +41,15 @@ def finetune(
     data_parallel: bool = True,
     description: str = "fine-tune",
     step_callback: StepCallback | None = None,
+    step_records: list[dict[str, float]] | None = None,
 ) -> nn.Module:
     """Fine-tune `classifier` on `dataset` (columns `image`, `label`) in place and return it.
 
     Full fine-tuning trains the parameters `classifier.mark_trainable()` selects; with
     `hyperparameters.lora_rank` set, LoRA adapters are added first (merge them with
     `models.merge_lora` to get dense weights for a task vector). `step_callback(step, loss)` is
-    called after every optimizer step. Returns the trained classifier, unwrapped, in eval mode.
+    called after every optimizer step; `step_records`, when given, receives one
+    {"step", "epoch", "loss", "learning_rate"} dict per optimizer step (the log). Returns the trained classifier, unwrapped, in eval mode.
 
     A given `accelerator` must use `hyperparameters.mixed_precision`; it keeps references to the
     optimizer (and the DDP model) until its `free_memory()`. `data_parallel=False` trains this
@@ -123,8 +125,10 @@ def finetune(
         desc=description,
         unit="step",
         disable=not (progress and accelerator.is_local_main_process),
+        leave=False,  # the grid's bar keeps the finished run's loss
+        dynamic_ncols=True,
     )
-    for _ in range(hyperparameters.epochs):
+    for epoch in range(hyperparameters.epochs):
         for index, batch in enumerate(loader):
             group_start = index - index % accumulation
             group_size = min(accumulation, batches_per_epoch - group_start)
@@ -141,6 +145,7 @@ def finetune(
                 continue
             if hyperparameters.grad_clip is not None:
                 accelerator.clip_grad_norm_(parameters, hyperparameters.grad_clip)
+            learning_rate = float(scheduler.get_last_lr()[0])  # the rate this step uses
             optimizer.step()
             if not optimizer.step_was_skipped:  # fp16 overflow: keep the schedule in step with real updates
                 scheduler.step()
@@ -151,6 +156,10 @@ def finetune(
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             if step_callback is not None:
                 step_callback(step, loss_value)
+            if step_records is not None:
+                step_records.append(
+                    {"step": step, "epoch": epoch + 1, "loss": loss_value, "learning_rate": learning_rate}
+                )
     bar.close()
 
     classifier = accelerator.unwrap_model(model)

@@ -195,9 +195,14 @@ def prepare_original_model(
     classifier.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for _ in tqdm(
-            range(epochs), desc=f"pretrain {model_config.architecture}", unit="epoch", disable=not progress
-        ):
+        epochs_bar = tqdm(
+            range(epochs),
+            desc=f"θ₀ ({model_config.architecture})",
+            unit="epoch",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        for _ in epochs_bar:
             order = torch.randperm(len(labels), generator=generator)
             for start in range(0, len(labels), batch_size):
                 batch = order[start : start + batch_size]
@@ -211,6 +216,7 @@ def prepare_original_model(
                     torch.nn.utils.clip_grad_norm_(classifier.model.parameters(), 1.0)
                 optimizer.step()
                 scheduler.step()
+            epochs_bar.set_postfix_str(f"loss {float(loss.detach()):.4f}", refresh=False)
     classifier.eval()
     if hasattr(classifier, "rebuild_head"):  # the zero-shot head follows the trained text tower
         classifier.rebuild_head()

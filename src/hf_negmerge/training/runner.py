@@ -9,6 +9,7 @@ Layout of `output_dir`:
     runs/<id>/params.json          the point's hyperparameters
     runs/<id>/task_vector.safetensors   τ = θ_run − θ₀ (kept when keep_task_vectors)
     runs/<id>/checkpoint/          the fine-tuned classifier (when keep_checkpoints)
+    runs/<id>/train_log.jsonl      loss and learning rate per optimizer step (one JSON object a line)
     runs/<id>/run.json             written last: the run finished
     inputs.json                    what the runs were built from: θ₀'s weight hash, the forget
                                    set's fingerprint, each run's hyperparameters (checked on resume)
@@ -52,6 +53,7 @@ MERGED_FILE = MERGED_VECTOR_NAME
 STATS_FILE = "merge_stats.json"
 PARAMS_FILE = "params.json"
 TASK_VECTOR_FILE = "task_vector.safetensors"
+TRAIN_LOG_FILE = "train_log.jsonl"
 CHECKPOINT_DIR = "checkpoint"
 RUN_RECORD_FILE = "run.json"
 INPUTS_FILE = "inputs.json"
@@ -185,10 +187,17 @@ class GridRunner:
         if accumulator is not None and plan.fold_from_disk and not sharded:
             self._fold(accumulator, plan.fold_from_disk)
 
-        for run_id in tqdm(
-            my_ids, desc="grid", unit="run", disable=not (self.progress and accelerator.is_local_main_process)
-        ):
-            self._train_one(base, self.by_id[run_id], data_parallel=not sharded)
+        runs_bar = tqdm(
+            my_ids,
+            desc="grid runs",
+            unit="run",
+            disable=not (self.progress and accelerator.is_local_main_process),
+            dynamic_ncols=True,
+        )
+        for run_id in runs_bar:
+            final_loss = self._train_one(base, self.by_id[run_id], data_parallel=not sharded)
+            if final_loss is not None:
+                runs_bar.set_postfix_str(f"{run_id} final loss {final_loss:.4f}", refresh=False)
             if not sharded:
                 if accelerator.is_main_process:
                     self._fold(accumulator, [run_id])
@@ -348,12 +357,14 @@ class GridRunner:
 
     # -- one run ---------------------------------------------------------------------------
 
-    def _train_one(self, base: Any, point: GridPoint, data_parallel: bool) -> None:
+    def _train_one(self, base: Any, point: GridPoint, data_parallel: bool) -> float | None:
+        """Train one point and write its folder; returns the last step's loss (None on other ranks)."""
         from ..models import ImageClassifier, merge_lora
 
         started = time.time()
         hyperparameters = point.hyperparameters
         classifier = ImageClassifier.from_pretrained(self.base_classifier_dir)
+        log: list[dict[str, float]] = []
         with warnings.catch_warnings():  # run() already warned once for the whole grid
             warnings.simplefilter("ignore", WarmupWarning)
             classifier = finetune(
@@ -364,21 +375,31 @@ class GridRunner:
                 progress=self.progress,
                 data_parallel=data_parallel,
                 description=point.id,
+                step_records=log,
             )
         self.accelerator.free_memory()  # the accelerator outlives the run: drop its references to it
         if data_parallel and not self.accelerator.is_main_process:
-            return  # DDP: every rank holds the same weights; the main process writes the run
+            return None  # DDP: every rank holds the same weights; the main process writes the run
         classifier = classifier.cpu()
         finetuned_model = merge_lora(classifier) if hyperparameters.uses_lora else classifier.model
         task_vector = TaskVector.from_models(
             base.model, finetuned_model, include=base.trainable_parameter_patterns()
         )
-        self._write_run(point, classifier, task_vector, time.time() - started)
+        self._write_run(point, classifier, task_vector, time.time() - started, log)
+        return log[-1]["loss"] if log else None
 
-    def _write_run(self, point: GridPoint, classifier: Any, task_vector: TaskVector, seconds: float) -> None:
+    def _write_run(
+        self,
+        point: GridPoint,
+        classifier: Any,
+        task_vector: TaskVector,
+        seconds: float,
+        log: Sequence[dict[str, float]] = (),
+    ) -> None:
         run_dir = self.output_dir / RUNS_DIR / point.id
         with atomic_output_dir(run_dir) as staging:
             atomic_write_text(staging / PARAMS_FILE, json.dumps(point.to_dict(), indent=2) + "\n")
+            atomic_write_text(staging / TRAIN_LOG_FILE, "".join(json.dumps(row) + "\n" for row in log))
             task_vector.save(staging / TASK_VECTOR_FILE)
             if self.keep_checkpoints:
                 classifier.save_pretrained(staging / CHECKPOINT_DIR)
