@@ -346,6 +346,10 @@ def _invoke(case: Case, tmp, dry_run: bool, monkeypatch, capsys) -> tuple[int, s
 def test_recipe_case(case, dry_run, sources, no_data_stage, monkeypatch, capsys):
     if case.rc == 0 and not dry_run:
         pytest.skip("a valid recipe would train; its real run is covered in test_recipes.py")
+    if case.rc == 0:  # a valid dry run counts the local data's rows for its budget; it never trains
+        from hf_negmerge.data import build_unlearning_data
+
+        monkeypatch.setattr(pipeline, "build_unlearning_data", build_unlearning_data)
     code, output, recipe_after = _invoke(case, sources, dry_run, monkeypatch, capsys)
     assert code == case.rc, output
     assert case.fragment.replace("{tmp}", str(sources)) in output

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from safetensors.torch import load_file
 from torch import nn
 from transformers import (
@@ -29,14 +28,14 @@ from transformers import (
     AutoImageProcessor,
     ResNetConfig,
     ResNetForImageClassification,
-    ViTImageProcessor,
 )
 
 from ..errors import CheckpointError, ConfigError
 from ._source import WeightsSource, fetch_file
-from .base import ImageClassifier, register_classifier, seeded_init
+from .base import image_processor_class, register_classifier, seeded_init
 from .config import ModelConfig
 from .vit import (
+    FullyTrainedClassifier,
     check_head_labels,
     check_trained_head,
     label_maps,
@@ -90,20 +89,11 @@ def stem_of(config: Any) -> str:
 
 
 @register_classifier("resnet")
-class ResNetClassifier(ImageClassifier):
+class ResNetClassifier(FullyTrainedClassifier):
     """ResNetForImageClassification (backbone, BatchNorm statistics and head all fine-tuned)."""
 
     default_lora_targets = ("1",)  # the head's Linear (`classifier.1`): the only Linear in a ResNet
-    has_trained_head = True
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values.to(self.model.dtype)).logits
-
-    def trainable_parameter_patterns(self) -> list[str]:
-        return ["resnet.*", "classifier.*"]
-
-    def _is_trainable(self, parameter_name: str) -> bool:
-        return True
+    backbone_prefix = "resnet"
 
     @classmethod
     def build_tiny(cls, config: ModelConfig, class_names: list[str]) -> ResNetClassifier:
@@ -132,7 +122,7 @@ class ResNetClassifier(ImageClassifier):
         model = seeded_init(config.init_seed, build)
         if config.dtype != "auto":
             model = model.to(config.torch_dtype)
-        processor = ViTImageProcessor(
+        processor = image_processor_class("ViTImageProcessor")(
             size={"height": image_size, "width": image_size},
             do_resize=True,
             image_mean=list(CIFAR10_MEAN),

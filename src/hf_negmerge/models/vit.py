@@ -58,21 +58,31 @@ def reject_clip_only_switches(config: ModelConfig, name: str = "ViT") -> None:
             )
 
 
-@register_classifier("vit")
-class ViTClassifier(ImageClassifier):
-    """ViTForImageClassification whose every tensor (backbone and head) is fine-tuned."""
+class FullyTrainedClassifier(ImageClassifier):
+    """A `*ForImageClassification` model with its own trained head, every tensor fine-tuned.
 
-    default_lora_targets = ("q_proj", "v_proj")
+    Subclasses name the backbone's checkpoint prefix (`backbone_prefix`).
+    """
+
     has_trained_head = True
+    backbone_prefix: str
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values.to(self.model.dtype)).logits
 
     def trainable_parameter_patterns(self) -> list[str]:
-        return ["vit.*", "classifier.*"]
+        return [f"{self.backbone_prefix}.*", "classifier.*"]
 
     def _is_trainable(self, parameter_name: str) -> bool:
         return True
+
+
+@register_classifier("vit")
+class ViTClassifier(FullyTrainedClassifier):
+    """ViTForImageClassification whose every tensor (backbone and head) is fine-tuned."""
+
+    default_lora_targets = ("q_proj", "v_proj")
+    backbone_prefix = "vit"
 
     @classmethod
     def build_tiny(cls, config: ModelConfig, class_names: list[str]) -> ViTClassifier:
