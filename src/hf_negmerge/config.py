@@ -88,6 +88,32 @@ class _ConfigFile(ModelHubMixin):
             self.push_to_hub(repo_id or Path(save_directory).name, **push_to_hub_kwargs)
         return path
 
+    def push_to_hub(  # type: ignore[override]
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool = False,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        **_: Any,
+    ) -> str:
+        """Upload `negmerge_config.json` alone (like peft's config push); returns the commit URL.
+
+        Goes through hf-negmerge's upload (bounded waits, retries, branch creation), not the
+        mixin's plain one. `from_pretrained(repo_id)` loads it back.
+        """
+        from .hub._upload import push_saved
+
+        return push_saved(
+            self.save_pretrained,
+            repo_id,
+            private=private,
+            revision=revision,
+            token=token,
+            commit_message=commit_message or f"Upload {CONFIG_NAME}",
+        )
+
     @classmethod
     def from_pretrained(  # type: ignore[override]
         cls, name_or_path: str | Path, revision: str | None = None, token: str | bool | None = None, **_: Any

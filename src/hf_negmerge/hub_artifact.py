@@ -22,7 +22,6 @@ which imports `TaskVector`, which inherits from this module.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -149,16 +148,13 @@ class HubArtifact(
 
         `revision` names a branch, created from main when missing. Other files in the repo stay.
         """
-        from .hub._upload import check_repo_id, upload_folder_to_repo
+        from .hub._upload import push_saved
 
-        check_repo_id(repo_id)
-        with tempfile.TemporaryDirectory(prefix="hf-negmerge-artifact-") as staging:
-            self.save_pretrained(staging)
-            return upload_folder_to_repo(
-                staging,
-                repo_id,
-                private=private,
-                revision=revision,
-                token=token,
-                commit_message=commit_message or self._default_commit_message(),
-            )
+        return push_saved(
+            self.save_pretrained,
+            repo_id,
+            private=private,
+            revision=revision,
+            token=token,
+            commit_message=commit_message or self._default_commit_message(),
+        )

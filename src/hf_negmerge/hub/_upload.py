@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import CheckpointError, ConfigError
 from ._connection import hub_attempts, hub_client, hub_errors, with_retries
@@ -76,3 +78,22 @@ def upload_folder_to_repo(
 
     with hub_errors("push to", repo_id, token, local_note=local_note, attempts=attempts):
         return with_retries(push_once, attempts, f"Pushing to '{repo_id}'")
+
+
+def push_saved(
+    save_pretrained: Callable[[Path], Any],
+    repo_id: str,
+    *,
+    commit_message: str,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> str:
+    """Push what `save_pretrained(folder)` writes (a config, a vector), with the same bounded
+    waits, retries and branch handling as every other hf-negmerge push; returns the commit URL."""
+    check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix="hf-negmerge-push-") as staging:
+        save_pretrained(Path(staging))
+        return upload_folder_to_repo(
+            staging, repo_id, private=private, revision=revision, token=token, commit_message=commit_message
+        )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -297,14 +296,6 @@ def push_config(
     """
     if not isinstance(config, NegMergeConfig):
         raise ConfigError(f"push_config needs a NegMergeConfig, got {type(config).__name__}.")
-    check_repo_id(repo_id)
-    with tempfile.TemporaryDirectory(prefix="negmerge-config-") as staging:
-        config.save_pretrained(staging)
-        return upload_folder_to_repo(
-            staging,
-            repo_id,
-            private=private,
-            revision=revision,
-            token=token,
-            commit_message=commit_message or f"Upload {CONFIG_NAME}",
-        )
+    return config.push_to_hub(
+        repo_id, private=private, revision=revision, commit_message=commit_message, token=token
+    )
