@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
+    PreTrainedModel,
     ResNetConfig,
     ResNetForImageClassification,
 )
@@ -36,11 +36,9 @@ from .base import image_processor_class, register_classifier, seeded_init
 from .config import ModelConfig
 from .vit import (
     FullyTrainedClassifier,
-    check_head_labels,
     check_trained_head,
     label_maps,
     reject_clip_only_switches,
-    resolve_image_size,
 )
 
 STEM_ATTRIBUTE = "hf_negmerge_stem"  # key in config.json
@@ -94,6 +92,8 @@ class ResNetClassifier(FullyTrainedClassifier):
 
     default_lora_targets = ("1",)  # the head's Linear (`classifier.1`): the only Linear in a ResNet
     backbone_prefix = "resnet"
+    model_class = ResNetForImageClassification
+    display_name = "ResNet"
 
     @classmethod
     def build_tiny(cls, config: ModelConfig, class_names: list[str]) -> ResNetClassifier:
@@ -132,28 +132,13 @@ class ResNetClassifier(FullyTrainedClassifier):
         return cls(model.eval(), processor, class_names, resolved)
 
     @classmethod
-    def load_pretrained(
+    def _load_model(
         cls, source: WeightsSource, config: ModelConfig, class_names: list[str]
-    ) -> ResNetClassifier:
-        reject_clip_only_switches(config, "ResNet")
-        check_head_labels(source, config, class_names)
+    ) -> PreTrainedModel:
         hf_config = AutoConfig.from_pretrained(source.location, **source.load_kwargs)
-        if stem_of(hf_config) == "cifar":
-            model = _load_cifar_stem_model(source, config, class_names)
-        else:
-            model, info = ResNetForImageClassification.from_pretrained(
-                source.location,
-                dtype=config.torch_dtype,
-                ignore_mismatched_sizes=config.replace_head,
-                output_loading_info=True,
-                **label_maps(class_names),
-                **source.load_kwargs,
-            )
-            check_trained_head(info.get("missing_keys", []), source, config)
-        processor = AutoImageProcessor.from_pretrained(
-            source.location, trust_remote_code=config.trust_remote_code, **source.load_kwargs
-        )
-        return cls(model.eval(), processor, class_names, resolve_image_size(processor, source, config))
+        if stem_of(hf_config) == "cifar":  # transformers would rebuild the 7×7 stem and refuse the weights
+            return _load_cifar_stem_model(source, config, class_names)
+        return super()._load_model(source, config, class_names)
 
 
 def _load_cifar_stem_model(

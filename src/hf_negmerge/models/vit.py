@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
+    PreTrainedModel,
     ViTConfig,
     ViTForImageClassification,
 )
@@ -61,11 +62,14 @@ def reject_clip_only_switches(config: ModelConfig, name: str = "ViT") -> None:
 class FullyTrainedClassifier(ImageClassifier):
     """A `*ForImageClassification` model with its own trained head, every tensor fine-tuned.
 
-    Subclasses name the backbone's checkpoint prefix (`backbone_prefix`).
+    Subclasses name the backbone's checkpoint prefix (`backbone_prefix`), the transformers class
+    (`model_class`) and the name used in messages (`display_name`).
     """
 
     has_trained_head = True
     backbone_prefix: str
+    model_class: ClassVar[type[PreTrainedModel]]
+    display_name: ClassVar[str]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values.to(self.model.dtype)).logits
@@ -76,6 +80,34 @@ class FullyTrainedClassifier(ImageClassifier):
     def _is_trainable(self, parameter_name: str) -> bool:
         return True
 
+    @classmethod
+    def load_pretrained(
+        cls, source: WeightsSource, config: ModelConfig, class_names: list[str]
+    ) -> FullyTrainedClassifier:
+        """Weights with the head checked against the data's labels (by name), and the processor."""
+        reject_clip_only_switches(config, cls.display_name)
+        check_head_labels(source, config, class_names)
+        model = cls._load_model(source, config, class_names)
+        processor = AutoImageProcessor.from_pretrained(
+            source.location, trust_remote_code=config.trust_remote_code, **source.load_kwargs
+        )
+        return cls(model.eval(), processor, class_names, resolve_image_size(processor, source, config))
+
+    @classmethod
+    def _load_model(
+        cls, source: WeightsSource, config: ModelConfig, class_names: list[str]
+    ) -> PreTrainedModel:
+        model, info = cls.model_class.from_pretrained(
+            source.location,
+            dtype=config.torch_dtype,
+            ignore_mismatched_sizes=config.replace_head,
+            output_loading_info=True,
+            **label_maps(class_names),
+            **source.load_kwargs,
+        )
+        check_trained_head(info.get("missing_keys", []), source, config)
+        return model
+
 
 @register_classifier("vit")
 class ViTClassifier(FullyTrainedClassifier):
@@ -83,6 +115,8 @@ class ViTClassifier(FullyTrainedClassifier):
 
     default_lora_targets = ("q_proj", "v_proj")
     backbone_prefix = "vit"
+    model_class = ViTForImageClassification
+    display_name = "ViT"
 
     @classmethod
     def build_tiny(cls, config: ModelConfig, class_names: list[str]) -> ViTClassifier:
@@ -108,26 +142,6 @@ class ViTClassifier(FullyTrainedClassifier):
         )
         resolved = ModelConfig.from_dict({**config.to_dict(), "image_size": image_size})
         return cls(model.eval(), processor, class_names, resolved)
-
-    @classmethod
-    def load_pretrained(
-        cls, source: WeightsSource, config: ModelConfig, class_names: list[str]
-    ) -> ViTClassifier:
-        reject_clip_only_switches(config)
-        check_head_labels(source, config, class_names)
-        model, info = ViTForImageClassification.from_pretrained(
-            source.location,
-            dtype=config.torch_dtype,
-            ignore_mismatched_sizes=config.replace_head,
-            output_loading_info=True,
-            **label_maps(class_names),
-            **source.load_kwargs,
-        )
-        check_trained_head(info.get("missing_keys", []), source, config)
-        processor = AutoImageProcessor.from_pretrained(
-            source.location, trust_remote_code=config.trust_remote_code, **source.load_kwargs
-        )
-        return cls(model.eval(), processor, class_names, resolve_image_size(processor, source, config))
 
 
 def check_head_labels(source: WeightsSource, config: ModelConfig, class_names: list[str]) -> None:
