@@ -13,9 +13,12 @@ sweep resumes (cached θ₀, finished grid runs) and every number can be inspect
     python benchmarks/unlearning_seeds.py                        # built-in default, seeds 0..4
     python benchmarks/unlearning_seeds.py --recipe digits/random-forgetting --seeds 0 1 2
     python benchmarks/unlearning_seeds.py --seeds 0 1 -- grid.base.epochs=2   # recipe overrides
+    python benchmarks/unlearning_seeds.py --classes 0 1 2 --seeds 0     # one trial per class × seed
 
 `seed` sets θ₀'s and Retrain's training seed; `--seed-keys data.seed grid.base.seed` also sets
 those recipe keys to each trial's seed (a new forget set and new fine-tuning seeds per trial).
+`--classes` runs every seed once per forgotten class (`data.forget_classes=[c]`); the summary then
+counts trials (class × seed) and lists each one.
 """
 
 from __future__ import annotations
@@ -31,23 +34,32 @@ METRICS = ("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy"
 
 
 def run_seed(
-    recipe_name: str, seed: int, output_root: Path, overrides: list[str], seed_keys: tuple[str, ...] = ()
+    recipe_name: str,
+    seed: int,
+    output_root: Path,
+    overrides: list[str],
+    seed_keys: tuple[str, ...] = (),
+    forget_class: str | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the recipe for one seed; return its rows and the original's numbers, read
-    back from the run's metrics.json (`hf_negmerge.results.RunResults`)."""
+    """Run (or resume) the recipe for one seed (and forgotten class); return its rows and the
+    original's numbers, read back from the run's metrics.json (`hf_negmerge.results.RunResults`)."""
     from hf_negmerge.pipeline import run_unlearning
     from hf_negmerge.recipe import load_recipe
     from hf_negmerge.results import RunResults
 
-    output_dir = output_root / f"seed-{seed}"
+    trial = f"seed-{seed}" if forget_class is None else f"class-{forget_class}-seed-{seed}"
+    output_dir = output_root / trial
     per_trial = [f"{key}={seed}" for key in ("seed", *seed_keys)]
+    per_trial += [] if forget_class is None else [f"data.forget_classes=[{forget_class}]"]
     recipe = load_recipe(recipe_name, [*overrides, *per_trial, f"output_dir={output_dir}"])
     started = time.perf_counter()
     run_unlearning(recipe, progress=False)
     results = RunResults.load(output_dir)
     rows = {row["method"]: row for row in results.comparison}
     return {
+        "trial": trial,
         "seed": seed,
+        "forget_class": forget_class,
         "seconds": round(time.perf_counter() - started, 1),
         "original": results.original,
         "main": results.method,  # the main method's row is labelled with its name
@@ -106,6 +118,24 @@ def summarise(results: list[dict[str, Any]], max_forget: float, retain_ratio: fl
     return "\n".join(lines)
 
 
+def list_trials(results: list[dict[str, Any]], max_forget: float, retain_ratio: float) -> str:
+    """A markdown table with one line per trial: the main method's test numbers and its status."""
+    lines = [
+        "| trial | original forget / retain | forget | retain | retain / original | λ | meets target | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        original, row = result["original"], result["methods"][result["main"]]
+        hit = "yes" if meets_target(row, original, max_forget, retain_ratio) else "no"
+        lines.append(
+            f"| {result['trial']} | {original['forget_accuracy']:.1f} / {original['retain_accuracy']:.1f} "
+            f"| {row['forget_accuracy']:.1f} | {row['retain_accuracy']:.1f} "
+            f"| {row['retain_accuracy'] / original['retain_accuracy']:.3f} | {row['scale']:.2f} | {hit} "
+            f"| {result['status']} |"
+        )
+    return "\n".join(lines)
+
+
 def _mean_std(values: list[float], digits: int = 1) -> str:
     if not values:
         return "–"
@@ -120,6 +150,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="default", help="built-in recipe name or YAML path")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--classes", nargs="+", default=None, help="forget each class in turn (data.forget_classes=[c])"
+    )
     parser.add_argument("--output-root", type=Path, default=Path("seed-sweep"))
     parser.add_argument(
         "--max-forget", type=float, default=15.0, help="target: forget accuracy ≤ this (percent)"
@@ -138,17 +171,22 @@ def main() -> None:
     threads = configure_torch_threads()  # as `hf-negmerge unlearn` does: the same numbers
     print(f"torch threads: {threads}", flush=True)
     results = []
-    for seed in args.seeds:
-        result = run_seed(args.recipe, seed, args.output_root, args.overrides, tuple(args.seed_keys))
-        row = result["methods"][result["main"]]
-        print(
-            f"seed {seed}: {result['seconds']:.0f} s; {result['main']} forget {row['forget_accuracy']:.1f}, "
-            f"retain {row['retain_accuracy']:.1f} (original {result['original']['retain_accuracy']:.1f}); "
-            f"status: {result['status']}",
-            flush=True,
-        )
-        results.append(result)
+    for forget_class in args.classes or [None]:
+        for seed in args.seeds:
+            result = run_seed(
+                args.recipe, seed, args.output_root, args.overrides, tuple(args.seed_keys), forget_class
+            )
+            results.append(result)
+            row = result["methods"][result["main"]]
+            print(
+                f"{result['trial']}: {result['seconds']:.0f} s; {result['main']} forget {row['forget_accuracy']:.1f}, "
+                f"retain {row['retain_accuracy']:.1f} (original {result['original']['retain_accuracy']:.1f}); "
+                f"status: {result['status']}",
+                flush=True,
+            )
     table = summarise(results, args.max_forget, args.retain_ratio)
+    if results[0]["scenario"] != "random":
+        table += "\n\n" + list_trials(results, args.max_forget, args.retain_ratio)
     print(table)
     atomic_write_text(args.output_root / "summary.md", table + "\n")
     atomic_write_text(args.output_root / "summary.json", json.dumps(results, indent=2, default=float) + "\n")

@@ -379,9 +379,20 @@ def test_lora_trains_only_adapters_and_merges_to_scaling_b_a(tmp_path, architect
         if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
             a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
             expected_delta[name] = (alpha / rank) * (b @ a).detach()
-    assert len(expected_delta) == 2 * len(
-        [1 for n, m in classifier.model.named_modules() if n.endswith("q_proj") and hasattr(m, "base_layer")]
-    )
+    # Default targets: every Linear of every (vision) block, six per block, and nothing else.
+    blocks = (
+        classifier.clip_model.config.vision_config if architecture == "clip" else classifier.model.config
+    ).num_hidden_layers
+    attention_out = "out_proj" if architecture == "clip" else "o_proj"
+    assert len(expected_delta) == 6 * blocks
+    assert {name.rsplit(".", 1)[-1] for name in expected_delta} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        attention_out,
+        "fc1",
+        "fc2",
+    }
     pixels, _ = batch(seed=5)
     lora_logits = classifier(pixels).detach()
 
@@ -405,8 +416,16 @@ def test_lora_trains_only_adapters_and_merges_to_scaling_b_a(tmp_path, architect
 
 
 def test_lora_rejects_frozen_or_unknown_targets_and_unmerged_saves(tmp_path):
-    with pytest.raises(ConfigError, match="choose from"):
-        apply_lora(tiny_clip(freeze_attention=True), rank=2, alpha=2.0)  # q_proj/v_proj are frozen
+    with pytest.raises(ConfigError, match=r"\['q_proj'\].*choose from \['fc1', 'fc2'"):
+        apply_lora(tiny_clip(freeze_attention=True), rank=2, alpha=2.0, target_modules=["q_proj"])
+    defaults = tiny_clip(freeze_attention=True)  # the default targets skip the frozen attention
+    apply_lora(defaults, rank=2, alpha=2.0)
+    adapted = {
+        n.split(".lora_")[0].rsplit(".", 1)[-1]
+        for n, p in defaults.model.named_parameters()
+        if p.requires_grad
+    }
+    assert adapted == {"fc1", "fc2"}
     classifier = tiny_clip(freeze_attention=True)
     apply_lora(classifier, rank=2, alpha=2.0, target_modules=["fc1"])
     assert all(".mlp.fc1." in n for n, p in classifier.model.named_parameters() if p.requires_grad)

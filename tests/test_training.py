@@ -236,9 +236,10 @@ def test_grid_full_and_lora_merges_like_the_oracle(digits_data, base_dirs, tmp_p
             for key in vector:
                 torch.testing.assert_close(from_disk[key], vector[key], rtol=0, atol=1e-6)
         moved = {key for key in vector if vector[key].count_nonzero() > 0}
-        if lora:  # dense ΔW of the merged adapters: only the adapted projections move
+        if lora:  # dense ΔW of the merged adapters: only the blocks' Linear weights move
             assert moved and all(
-                re.search(r"(fc1|q_proj|v_proj|query|value)\.weight$", key) for key in moved
+                re.search(r"(encoder\.layers?\.\d+\.).*(fc\d|_proj|query|key|value|dense)\.weight$", key)
+                for key in moved
             ), moved
         else:
             assert len(moved) >= len(vector.keys()) - 2  # everything trainable moves (bar rarely-hit rows)

@@ -162,18 +162,24 @@ class ImageClassifier(nn.Module, ABC):
 
         `target_modules` are short names (`q_proj`); only Linear layers whose weight is fine-tuned
         under this config qualify, so CLIP's text tower and frozen attention are never adapted.
-        A string is a raw peft regex and is passed through unchanged.
+        The default (None) is every Linear of the blocks (`default_lora_targets`) that is
+        fine-tuned here: adapting only q/v gave a merged vector too small to forget anything on
+        the digits default (docs/scenarios.md). A string is a raw peft regex, passed through.
         """
         if isinstance(target_modules, str):
             return target_modules
-        wanted = list(target_modules) if target_modules is not None else list(self.default_lora_targets)
         eligible = {
             name: name.rsplit(".", 1)[-1]
             for name, module in self.model.named_modules()
             if isinstance(module, nn.Linear) and self._is_trainable(f"{name}.weight")
         }
         available = sorted(set(eligible.values()))
-        missing = [short for short in wanted if short not in available]
+        if target_modules is None:
+            wanted = [short for short in self.default_lora_targets if short in available]
+            missing = [] if wanted else list(self.default_lora_targets)
+        else:
+            wanted = list(target_modules)
+            missing = [short for short in wanted if short not in available]
         if not wanted or missing:
             raise ConfigError(
                 f"LoRA target module(s) {missing or wanted} are not fine-tuned Linear layers of this "

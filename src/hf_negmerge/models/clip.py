@@ -112,7 +112,7 @@ def _check_tokenizer_matches(model: CLIPModel, tokenizer: Any, where: str) -> No
 class CLIPZeroShotClassifier(ImageClassifier):
     """CLIPModel + frozen zero-shot head (buffer `zero_shot_head`: FloatTensor[num_classes, projection_dim])."""
 
-    default_lora_targets = ("q_proj", "v_proj")
+    default_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
     def __init__(
         self,

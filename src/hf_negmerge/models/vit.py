@@ -113,7 +113,7 @@ class FullyTrainedClassifier(ImageClassifier):
 class ViTClassifier(FullyTrainedClassifier):
     """ViTForImageClassification whose every tensor (backbone and head) is fine-tuned."""
 
-    default_lora_targets = ("q_proj", "v_proj")
+    default_lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
     backbone_prefix = "vit"
     model_class = ViTForImageClassification
     display_name = "ViT"

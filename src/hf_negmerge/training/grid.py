@@ -101,9 +101,12 @@ class TrainingHyperparameters:
     lora_rank: int | None = field(
         default=None, metadata={"help": "LoRA rank r; None means full fine-tuning of the trainable part."}
     )
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (None: equal to the rank)."})
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA alpha (None: twice the rank, scale 2)."}
+    )
     lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names LoRA adapts (None: the model family's default)."}
+        default=None,
+        metadata={"help": "Short Linear names LoRA adapts (None: every fine-tuned Linear of the blocks)."},
     )
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
     mixed_precision: str = field(

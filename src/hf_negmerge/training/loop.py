@@ -72,7 +72,7 @@ def finetune(
             rank=hyperparameters.lora_rank,
             alpha=hyperparameters.lora_alpha
             if hyperparameters.lora_alpha is not None
-            else hyperparameters.lora_rank,
+            else 2 * hyperparameters.lora_rank,
             target_modules=hyperparameters.lora_target_modules,
             dropout=hyperparameters.lora_dropout,
         )
