@@ -231,7 +231,62 @@ def test_other_backbones_mirror_the_vit_b32_recipes(dataset):
         mine, theirs = recipe.to_dict(), reference.to_dict()
         for values in (mine, theirs):
             del values["output_dir"], values["model"]["name_or_path"], values["grid"]
+            del values["merge"]["ties_total_elements"]  # the backbone's size, checked below
         assert mine == theirs
+
+
+# open_clip's OpenAI ViTs: width, blocks, patch, MLP width, text width, embedding dim (224 px,
+# vocabulary 49,408, context 77).
+OPENAI_BACKBONES = {
+    "clip-vit-b32": (768, 12, 32, 3072, 512, 512),
+    "clip-vit-b16": (768, 12, 16, 3072, 512, 512),
+    "clip-vit-l14": (1024, 24, 14, 4096, 768, 768),
+}
+
+
+def authors_flattened_size(width, blocks, patch, mlp, text_width, embed, image=224, vocab=49408, context=77):
+    """Entries of the authors' flattened task vector, counted by hand from open_clip's layout: their
+    ImageEncoder's state dict is the whole CLIP minus the text `transformer` (CLIP_MU/src/modeling.py
+    deletes only that), every float tensor (task_vectors.py skips int64/uint8)."""
+    tokens = (image // patch) ** 2 + 1
+    stem = width + tokens * width + 3 * patch * patch * width + 2 * width  # class, positions, conv1, ln_pre
+    block = 2 * width + 4 * (width * width + width) + 2 * width + (width * mlp + mlp) + (mlp * width + width)
+    visual = stem + blocks * block + 2 * width + width * embed  # ln_post, proj
+    text_leftovers = vocab * text_width + context * text_width + 2 * text_width + text_width * embed + 1
+    return visual + text_leftovers
+
+
+def test_ties_trims_over_the_authors_flattened_image_encoder():
+    """TIES keeps 20% of d where d is the authors' whole flattened encoder, not only our trained set."""
+    for name in CLIP_RECIPES:
+        recipe = load_recipe(name)
+        backbone = name.split("/")[0]
+        assert recipe.merge.ties_total_elements == authors_flattened_size(*OPENAI_BACKBONES[backbone]), name
+    # The hand count agrees with transformers' CLIPModel for ViT-B/32 (meta device: no memory).
+    from transformers import CLIPConfig, CLIPModel
+
+    width, blocks, patch, mlp, text_width, embed = OPENAI_BACKBONES["clip-vit-b32"]
+    config = CLIPConfig(
+        vision_config={
+            "hidden_size": width,
+            "num_hidden_layers": blocks,
+            "num_attention_heads": 12,
+            "intermediate_size": mlp,
+            "patch_size": patch,
+            "image_size": 224,
+        },
+        text_config={"hidden_size": text_width, "num_attention_heads": 8, "vocab_size": 49408},
+        projection_dim=embed,
+    )
+    with torch.device("meta"):
+        model = CLIPModel(config)
+    text_kept = ("text_model.embeddings.", "text_model.final_layer_norm.", "text_projection.", "logit_scale")
+    counted = sum(
+        tensor.numel()
+        for key, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and key.startswith(("vision_model.", "visual_projection.", *text_kept))
+    )
+    assert counted == authors_flattened_size(*OPENAI_BACKBONES["clip-vit-b32"]) == 113_448_705
 
 
 def write_split_folder(root: Path, classes: list[str], counts: dict[str, int]) -> None:
