@@ -307,36 +307,6 @@ def test_standard_recipe_runs_end_to_end_with_retrain_mia_and_avg_gap_and_resume
     assert json.loads((out / "metrics.json").read_text())["unlearned"] == metrics["unlearned"]
 
 
-def test_trial_script_sets_the_seed_keys_of_each_trial(tmp_path, monkeypatch):
-    """benchmarks/unlearning_seeds.py: `seed` always, `--seed-keys` also, per trial; nothing else runs."""
-    import importlib.util
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    from hf_negmerge import pipeline, results
-
-    path = Path(__file__).parents[1] / "benchmarks" / "unlearning_seeds.py"
-    spec = importlib.util.spec_from_file_location("unlearning_seeds", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    seen = []
-    monkeypatch.setattr(pipeline, "run_unlearning", lambda recipe, progress: seen.append(recipe))
-    row = {"method": "negmerge", "forget_accuracy": 1.0}
-    stub = SimpleNamespace(
-        comparison=[row], original={}, method="negmerge", status="ok", warnings=[], scenario="random"
-    )
-    monkeypatch.setattr(results.RunResults, "load", classmethod(lambda cls, folder: stub))
-    name = "resnet18-cifar10/random-forgetting"
-    module.run_seed(name, 2, tmp_path, [], ("data.seed", "grid.base.seed"))
-    module.run_seed(name, 1, tmp_path, ["grid.base.seed=7"])
-    first, second = seen
-    assert (first.seed, first.data.seed) == (2, 2)
-    assert {point.hyperparameters.seed for point in first.grid.expand()} == {2}
-    assert str(first.output_dir) == str(tmp_path / "seed-2")
-    assert (second.seed, second.data.seed) == (1, 0)  # data.seed stays the recipe's
-    assert {point.hyperparameters.seed for point in second.grid.expand()} == {7}
-
-
 def test_pipeline_maps_data_onto_a_pretrained_resnet_s_labels(tmp_path):
     """A pretrained ResNet brings its head's labels, like ViT; a replaced head or a tiny model does not."""
     from hf_negmerge.pipeline import model_label_names

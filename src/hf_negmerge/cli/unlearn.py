@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from ..errors import ConfigError
 from ..recipe_files import available_recipes
 
 
@@ -31,6 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Also write into a non-empty folder not written by hf-negmerge (its files are never replaced).",
     )
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="Run the recipe once per seed into OUTPUT_DIR/seed-<n> (recipe key `seed`: θ₀ and Retrain "
+        "training) and report mean ± std over them in OUTPUT_DIR/trials-summary.md.",
+    )
+    parser.add_argument(
+        "--seed-keys",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="With --seeds: recipe keys also set to each trial's seed, e.g. data.seed (a new split) "
+        "grid.base.seed (new fine-tuning seeds when the grid has no seed axis).",
+    )
     shown = parser.add_mutually_exclusive_group()
     shown.add_argument("--quiet", "-q", action="store_true", help="Print only errors and the final summary.")
     shown.add_argument(
@@ -48,12 +66,22 @@ def run(args: argparse.Namespace) -> int:
     from ..recipe import load_recipe
 
     recipe = load_recipe(args.config, overrides)
+    if args.seed_keys and not args.seeds:
+        raise ConfigError("--seed-keys needs --seeds.")
+    if args.seeds:  # every trial's recipe must load before the first one runs
+        from ..trials import trials_for
+
+        trials = trials_for(args.seeds)
+        for trial in trials:
+            load_recipe(args.config, [*overrides, *trial.overrides(args.seed_keys)])
     from ..console import Console, terminal
 
     console = Console(
         "quiet" if args.quiet else "verbose" if args.verbose else "normal", not args.no_progress
     )
     with terminal(console):
+        if args.seeds:
+            return _run_trials(args, overrides, recipe, trials, console)
         return _run(args, recipe, console)
 
 
@@ -89,4 +117,64 @@ def _run(args: argparse.Namespace, recipe: Any, console: Any) -> int:
     for message in outcome.warnings:
         print(f"Warning: {message}")
     print(f"Unlearned model and report written to {outcome.output_dir} ({outcome.seconds['total']:.0f} s).")
+    return 0
+
+
+def _run_trials(
+    args: argparse.Namespace, overrides: list[str], recipe: Any, trials: list[Any], console: Any
+) -> int:
+    """`--seeds`: the recipe once per seed, then mean ± std and target counts over the trials."""
+    from pathlib import Path
+
+    from ..pipeline import describe_plan
+    from ..threads import configure_torch_threads
+    from ..trials import run_trials, summarise, write_summary
+
+    root = Path(recipe.output_dir)
+    names = ", ".join(f"{root / trial.name}" for trial in trials)
+    header = f"trials: {len(trials)} (seed{' and ' + ', '.join(args.seed_keys) if args.seed_keys else ''} per trial) into {names}"
+    if args.dry_run:
+        if console.main:
+            print(header)
+            print(describe_plan(recipe, budget=True))
+        return 0
+    console.say(header)
+    threads = configure_torch_threads()
+    console.say(f"torch threads per process: {threads} (set OMP_NUM_THREADS to change)")
+    import warnings
+
+    from ..pipeline import run_unlearning
+    from ..results import OutcomeWarning
+
+    def run(trial_recipe: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OutcomeWarning)  # each trial's status is in the table
+            return run_unlearning(trial_recipe, progress=console.progress, overwrite=args.overwrite)
+
+    def report(record: dict[str, Any]) -> None:
+        row = record["methods"][record["main"]]
+        console.say(
+            f"{record['trial']}: {record['main']} forget {row['forget_accuracy']:.2f}, retain "
+            f"{row['retain_accuracy']:.2f} (original {record['original']['retain_accuracy']:.2f}); {record['status']}"
+        )
+
+    records = run_trials(args.config, overrides, trials, root, args.seed_keys, run=run, on_trial=report)
+    if not console.main:
+        return 0
+    table = summarise(records)
+    settings = {
+        "recipe": args.config or "default",
+        "overrides": overrides,
+        "seeds": args.seeds,
+        "seed_keys": args.seed_keys,
+        "torch_threads": threads,
+        "target": "forget accuracy ≤ 15%, retain ≥ 0.95 × original (test rows)",
+    }
+    path = write_summary(root, records, table, settings)
+    print()
+    print(table)
+    print()
+    print(
+        f"Mean ± std over {len(records)} trials (test rows, %); trials and summary in {root} ({path.name})."
+    )
     return 0
