@@ -49,7 +49,9 @@ class Trial:
 
     def overrides(self, seed_keys: Sequence[str]) -> list[str]:
         values = [f"{key}={self.seed}" for key in ("seed", *seed_keys)]
-        return values + ([] if self.forget_class is None else [f"data.forget_classes={json.dumps([self.forget_class])}"])
+        return values + (
+            [] if self.forget_class is None else [f"data.forget_classes={json.dumps([self.forget_class])}"]
+        )
 
 
 def trials_for(seeds: Sequence[int], classes: Sequence[str] | None = None) -> list[Trial]:
