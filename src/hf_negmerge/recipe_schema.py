@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, get_type_hints
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict  # pydantic needs it (not typing's) before Python 3.12
 
 from .errors import ConfigError
@@ -55,7 +55,9 @@ class MappingSchema:
             name: self._mirror(hint, (*path, name)) | None if dataclasses.is_dataclass(hint) else hint
             for name, hint in declared.items()
         }
-        return with_config(_STRICT)(TypedDict(cls.__name__, fields, total=False))  # type: ignore[operator]
+        shape = TypedDict(cls.__name__, fields, total=False)
+        shape.__pydantic_config__ = _STRICT  # pydantic's documented hook for a TypedDict's config
+        return shape
 
     def check(self, values: Mapping[str, Any]) -> None:
         """Raise ConfigError naming the dotted key of each unknown key or wrong type."""
@@ -82,17 +84,19 @@ class MappingSchema:
             messages.append((_key(steps), self._message(steps, entries, values)))
         (_, message), *others = messages
         if others:
-            message += f" (also wrong: {', '.join(repr(key) for key, _ in others)})"
+            message = (
+                f"{message.removesuffix('.')} (also wrong: {', '.join(repr(key) for key, _ in others)})."
+            )
         return message
 
     def _message(self, steps: Step, entries: list[dict[str, Any]], values: Mapping[str, Any]) -> str:
         key, value, kind = _key(steps), _value(steps, values), entries[0]["type"]
         field = self._field(steps)
-        declared = self.sections[field[:-1]][field[-1]] if field else None  # type: ignore[index]
+        declared = self.sections[field[:-1]][field[-1]] if field else None
         if kind == "extra_forbidden":
             where = _key(steps[:-1])
             scope = f"keys of '{where}'" if where else "top-level keys"
-            return f"Unknown recipe key '{key}'; known {scope}: {sorted(self.sections[steps[:-1]])}."  # type: ignore[index]
+            return f"Unknown recipe key '{key}'; known {scope}: {sorted(self.sections[steps[:-1]])}."
         if (
             kind == "dict_type"
             and steps == field
@@ -111,7 +115,7 @@ class MappingSchema:
     def _field(self, steps: Step) -> Step:
         """The steps up to the dataclass field that holds this position (empty: none does)."""
         for end in range(len(steps), 0, -1):
-            if steps[end - 1] in self.sections.get(steps[: end - 1], {}):  # type: ignore[arg-type, operator]
+            if steps[end - 1] in self.sections.get(steps[: end - 1], {}):
                 return steps[:end]
         return ()
 
