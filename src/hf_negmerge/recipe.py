@@ -1,8 +1,9 @@
 """Unlearning recipes: one YAML file (plus `key=value` overrides) describing a whole run.
 
 A recipe has one section per stage (`data`, `model`, `original`, `grid`, `merge`,
-`comparison`, `evaluation`) and is validated completely — unknown keys and wrong types named
-by their dotted path — before anything is downloaded or trained.
+`comparison`, `evaluation`) and is validated completely — unknown keys and wrong types by
+pydantic (recipe_schema.py), ranges and cross-field rules by the section dataclasses, each error
+named by its dotted path — before anything is downloaded or trained.
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ def _optional_text(key: str, value: Any) -> None:
         raise ConfigError(f"{key} must be a non-empty string or null, got {value!r}.")
 
 
-# section name -> how to build it from its mapping (already checked by RECIPE_SCHEMA)
+# section name -> how to build it from its mapping (already checked by _SCHEMA)
 _SECTIONS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "data": lambda values: DataConfig(**values),
     "model": lambda values: ModelConfig(**values),
@@ -259,7 +260,7 @@ _SECTIONS: dict[str, Callable[[dict[str, Any]], Any]] = {
 
 # Keys and types, checked by pydantic against the dataclasses' annotations; `grid` is checked by
 # GridSpec.from_dict, whose errors name grid.base.…, grid.axes.… and grid.points[i].….
-RECIPE_SCHEMA = MappingSchema(UnlearnRecipe, replace={"grid": dict[str, Any] | None})
+_SCHEMA = MappingSchema(UnlearnRecipe, replace={"grid": dict[str, Any] | None})
 
 
 def _build_section(name: str, values: dict[str, Any]) -> Any:
@@ -276,7 +277,7 @@ def recipe_from_dict(values: dict[str, Any]) -> UnlearnRecipe:
     """Build and validate a recipe; every error names the dotted key it is about."""
     if not isinstance(values, dict):
         raise ConfigError(f"A recipe must be a mapping of sections, got {type(values).__name__}.")
-    RECIPE_SCHEMA.check(values)
+    _SCHEMA.check(values)
     kwargs = {
         name: _build_section(name, value or {}) if name in _SECTIONS else value
         for name, value in values.items()
