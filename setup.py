@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.7",
     "numpy>=1.24",
     "pillow>=10.0",
+    "pydantic>=2",  # recipe keys and types (recipe_schema.py)
     "pyyaml>=6.0",
     "tqdm>=4.66",
 ]

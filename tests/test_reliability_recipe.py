@@ -21,7 +21,13 @@ import pytest
 from hf_negmerge import pipeline
 from hf_negmerge.cli import main
 from hf_negmerge.errors import ConfigError, NegMergeError
-from hf_negmerge.recipe import EvaluationConfig, OriginalModelConfig, UnlearnRecipe, load_recipe
+from hf_negmerge.recipe import (
+    EvaluationConfig,
+    OriginalModelConfig,
+    UnlearnRecipe,
+    load_recipe,
+    recipe_from_dict,
+)
 from hf_negmerge.training.grid import (
     GridSpec,
     HyperparameterError,
@@ -126,6 +132,40 @@ CASES = [
     Case("comparison-unknown", ["comparison=[median]"], fragment="median"),
     Case("comparison-string", ["comparison=ties"], fragment="Recipe key 'comparison'"),
     Case("keep_checkpoints-string", ["keep_checkpoints=maybe"], fragment="keep_checkpoints"),
+    # --- keys and types (pydantic): the full dotted key, list indices and mapping keys included --
+    Case("unknown-nested-key", ["data.colour=red"], fragment="Unknown recipe key 'data.colour'; known keys"),
+    Case("unknown-top-key", ["colour=red"], fragment="Unknown recipe key 'colour'; known top-level keys"),
+    Case(
+        "list-item-type",
+        ["merge.lambda_grid=[0, 0.5, lots]"],
+        fragment="Recipe key 'merge.lambda_grid[2]' has the wrong type: got 'lots' (str), "
+        "expected a valid number (merge.lambda_grid is list[float])",
+    ),
+    Case(
+        "list-item-union",
+        ["data.forget_classes=['0', [1]]"],
+        fragment="Recipe key 'data.forget_classes[1]' has the wrong type: got [1] (list), "
+        "expected a valid integer or a valid string",
+    ),
+    Case(
+        "list-or-string-item",
+        ["data.control_prompt_templates=['a photo of {}', 3]"],
+        fragment="Recipe key 'data.control_prompt_templates[1]' has the wrong type: got 3 (int)",
+    ),
+    Case("mapping-value-type", ["data.label_mapping={'0': 0}"], fragment="Recipe key 'data.label_mapping.0'"),
+    Case("int-not-float", ["data.seed=1.0"], fragment="Recipe key 'data.seed' has the wrong type: got 1.0"),
+    Case("bool-not-string", ["model.dtype=true"], fragment="got True (bool), expected str"),
+    Case(
+        "section-not-mapping", ["model=vit"], fragment="Recipe section 'model' must be a mapping, got 'vit'"
+    ),
+    Case("grid-not-mapping", ["grid=3"], fragment="Recipe section 'grid' must be a mapping, got 3 (int)"),
+    Case(
+        "two-problems",
+        ["data.seed=x", "evaluation.colour=1"],
+        fragment="Recipe key 'data.seed' has the wrong type: got 'x' (str), expected int "
+        "(also wrong: 'evaluation.colour').",
+    ),
+    Case("section-null", ["evaluation=null"], 0, "outputs:"),
     # --- presets: dropped or narrowed, never silently kept ---------------------------------------
     Case(
         "preset+points",
@@ -400,6 +440,21 @@ def test_api_case(name, build, error, fragment):
         build()
     assert isinstance(raised.value, NegMergeError)
     assert fragment in str(raised.value)
+
+
+def test_type_errors_name_the_full_key_and_build_from_unchanged_values():
+    with pytest.raises(ConfigError) as nested:
+        recipe_from_dict({"evaluation": {"log_with": ["tensorboard", ["wandb"]]}})
+    assert str(nested.value) == (
+        "Recipe key 'evaluation.log_with[1]' has the wrong type: got ['wandb'] (list), "
+        "expected a valid string (evaluation.log_with is list[str])."
+    )
+    # pydantic only checks: the dataclasses get the values as written (an int stays an int)
+    recipe = recipe_from_dict({"original": {"learning_rate": 1, "epochs": 2}, "data": None})
+    assert type(recipe.original.learning_rate) is int and recipe.original == OriginalModelConfig(
+        learning_rate=1, epochs=2
+    )
+    assert recipe.data == UnlearnRecipe().data  # an empty section is the defaults
 
 
 def test_hyperparameter_errors_say_where_in_the_grid():

@@ -1,8 +1,9 @@
 """Unlearning recipes: one YAML file (plus `key=value` overrides) describing a whole run.
 
 A recipe has one section per stage (`data`, `model`, `original`, `grid`, `merge`,
-`comparison`, `evaluation`) and is validated completely — unknown keys and wrong types named
-by their dotted path — before anything is downloaded or trained.
+`comparison`, `evaluation`) and is validated completely — unknown keys and wrong types by
+pydantic (recipe_schema.py), ranges and cross-field rules by the section dataclasses, each error
+named by its dotted path — before anything is downloaded or trained.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
-import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .merging import available_methods
 from .models import ModelConfig
 from .recipe_files import BUILTIN_RECIPES_DIR, DEFAULT_RECIPE, available_recipes
+from .recipe_schema import MappingSchema
 from .training.grid import GridSpec, HyperparameterError
 
 
@@ -247,95 +248,40 @@ def _optional_text(key: str, value: Any) -> None:
         raise ConfigError(f"{key} must be a non-empty string or null, got {value!r}.")
 
 
-# section name -> how to build it from a dict
-_SECTIONS: dict[str, Any] = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "original": OriginalModelConfig,
-    "merge": NegMergeConfig,
-    "evaluation": EvaluationConfig,
+# section name -> how to build it from its mapping (already checked by _SCHEMA)
+_SECTIONS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "data": lambda values: DataConfig(**values),
+    "model": lambda values: ModelConfig(**values),
+    "original": lambda values: OriginalModelConfig(**values),
+    "grid": GridSpec.from_dict,  # a file format of its own: base + axes or points, or a preset
+    "merge": lambda values: NegMergeConfig(**values),
+    "evaluation": lambda values: EvaluationConfig(**values),
 }
 
-
-def _matches(value: Any, annotation: Any) -> bool:
-    """A shallow type check of YAML values against a dataclass annotation."""
-    if annotation is Any:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, option) for option in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation in (str, bool):
-        return isinstance(value, annotation)
-    if origin is list:
-        (item,) = typing.get_args(annotation) or (Any,)
-        return isinstance(value, list) and all(_matches(entry, item) for entry in value)
-    if origin is dict or annotation is dict:
-        return isinstance(value, dict)
-    return True
+# Keys and types, checked by pydantic against the dataclasses' annotations; `grid` is checked by
+# GridSpec.from_dict, whose errors name grid.base.…, grid.axes.… and grid.points[i].….
+_SCHEMA = MappingSchema(UnlearnRecipe, replace={"grid": dict[str, Any] | None})
 
 
-def _build_section(cls: type, values: Any, where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"Recipe section '{where}' must be a mapping, got {type(values).__name__}.")
-    hints = typing.get_type_hints(cls)
-    known = {item.name for item in dataclasses.fields(cls)}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(
-                f"Unknown recipe key '{where}.{key}'; known keys of '{where}': {sorted(known)}."
-            )
-        if not _matches(value, hints[key]):
-            raise ConfigError(
-                f"Recipe key '{where}.{key}' has the wrong type: got {value!r} ({type(value).__name__}), "
-                f"expected {hints[key]}."
-            )
+def _build_section(name: str, values: dict[str, Any]) -> Any:
+    """The section's dataclass; its range and cross-field errors prefixed by the section."""
     try:
-        return cls(**values)
-    except ConfigError as error:
-        raise ConfigError(f"Recipe section '{where}': {error}") from error
-    except TypeError as error:
-        raise ConfigError(f"Recipe section '{where}': {error}") from error
-
-
-def _build_grid(values: dict[str, Any]) -> GridSpec:
-    """GridSpec.from_dict with errors naming the recipe key (grid.base.epochs, grid.axes.…)."""
-    try:
-        return GridSpec.from_dict(values)
+        return _SECTIONS[name](values)
     except HyperparameterError as error:
-        raise ConfigError(f"Recipe key 'grid.{error.where}.{error.name}': {error}") from error
+        raise ConfigError(f"Recipe key '{name}.{error.where}.{error.name}': {error}") from error
     except ConfigError as error:
-        raise ConfigError(f"Recipe section 'grid': {error}") from error
+        raise ConfigError(f"Recipe section '{name}': {error}") from error
 
 
 def recipe_from_dict(values: dict[str, Any]) -> UnlearnRecipe:
     """Build and validate a recipe; every error names the dotted key it is about."""
     if not isinstance(values, dict):
         raise ConfigError(f"A recipe must be a mapping of sections, got {type(values).__name__}.")
-    top = {item.name for item in dataclasses.fields(UnlearnRecipe)}
-    unknown = sorted(set(values) - top)
-    if unknown:
-        raise ConfigError(f"Unknown recipe key(s) {unknown}; known top-level keys: {sorted(top)}.")
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        if name in _SECTIONS:
-            kwargs[name] = _build_section(_SECTIONS[name], value or {}, name)
-        elif name == "grid":
-            if not isinstance(value, dict):
-                raise ConfigError(f"Recipe section 'grid' must be a mapping, got {type(value).__name__}.")
-            kwargs[name] = _build_grid(value)
-        else:
-            hints = typing.get_type_hints(UnlearnRecipe)
-            if not _matches(value, hints[name]):
-                raise ConfigError(
-                    f"Recipe key '{name}' has the wrong type: got {value!r}, expected {hints[name]}."
-                )
-            kwargs[name] = value
+    _SCHEMA.check(values)
+    kwargs = {
+        name: _build_section(name, value or {}) if name in _SECTIONS else value
+        for name, value in values.items()
+    }
     return UnlearnRecipe(**kwargs)
 
 
