@@ -18,6 +18,7 @@ EXPECTED_GRID_SIZES = {
     "resnet18-cifar10/random-forgetting": 27,
     "default": 6,
     "digits/random-forgetting": 8,
+    "digits/lora": 6,
 }
 
 
