@@ -339,7 +339,7 @@ def test_trial_script_sets_the_seed_keys_of_each_trial(tmp_path, monkeypatch):
 
 def test_pipeline_maps_data_onto_a_pretrained_resnet_s_labels(tmp_path):
     """A pretrained ResNet brings its head's labels, like ViT; a replaced head or a tiny model does not."""
-    from hf_negmerge.pipeline import model_label_names
+    from hf_negmerge.originals import model_label_names
     from hf_negmerge.recipe import recipe_from_dict
 
     folder = tmp_path / "plain"
