@@ -38,7 +38,7 @@ from .originals import (
     prepare_original,
     prepare_retrained,
 )
-from .outputs import WORK_DIR
+from .output_folder import WORK_DIR
 from .recipe import UnlearnRecipe, check_sources
 from .results import UnlearningOutcome
 
@@ -55,7 +55,7 @@ def run_unlearning(
     """
     from accelerate import PartialState
 
-    from .outputs import check_output_dir, claim_output_folder
+    from .output_folder import check_output_dir, claim_output_folder
     from .tracking import check_trackers
 
     output_dir = check_output_dir(recipe.output_dir)
@@ -147,8 +147,9 @@ def _run_claimed(
 
 
 def write_outputs(recipe: UnlearnRecipe, outcome: UnlearningOutcome, unlearned: Any, base_dir: Path) -> None:
-    """Build every artifact in a staging folder, then publish them in one step (outputs.py)."""
-    from .outputs import build_output_files, publish_outputs
+    """Build every artifact in a staging folder (outputs), then publish them in one step (output_folder)."""
+    from .output_folder import publish_outputs
+    from .outputs import build_output_files
 
     publish_outputs(
         outcome.output_dir,

@@ -18,7 +18,7 @@ from .data import build_unlearning_data
 from .errors import ConfigError
 from .evaluation.engine import evaluation_count, keeps_run_vectors
 from .originals import original_training_split
-from .outputs import WORK_DIR
+from .output_folder import WORK_DIR
 from .recipe import UnlearnRecipe, check_sources
 from .results import METRICS_FILE
 
