@@ -281,7 +281,8 @@ def test_pipeline_measures_ra_and_mia_members_on_rows_the_original_trained_on(mo
     from types import SimpleNamespace
 
     from hf_negmerge import originals
-    from hf_negmerge.data.scenarios import SCENARIOS, SOURCE_INDEX_COLUMN, DataConfig, UnlearningData
+    from hf_negmerge.data import DataConfig
+    from hf_negmerge.data.scenarios import SCENARIOS, SOURCE_INDEX_COLUMN, UnlearningData
     from hf_negmerge.evaluation import engine
 
     train = datasets.Dataset.from_dict(
