@@ -127,13 +127,16 @@ def encode_splits(classifier: Any, data: UnlearningData, recipe: UnlearnRecipe) 
 
 
 def constraint_split(evaluator: Evaluator) -> str:
+    """The split the retain constraint is measured on: retain validation, else control validation."""
     for name in ("retain_val", "control_val"):
         if name in evaluator.splits:
             return name
     raise ConfigError("λ selection needs a retain or control validation split; this scenario has neither.")
 
 
-def test_metrics(evaluator: Evaluator, mia: bool) -> dict[str, float]:
+def reported_metrics(evaluator: Evaluator, mia: bool) -> dict[str, float]:
+    """The reported test numbers of the current weights: each split's accuracy, UA, and MIA-Efficacy
+    when enabled; the scenario decides which splits exist, so the dict holds only those."""
     names = {
         "forget_test": "forget_accuracy",
         "retain_test": "retain_accuracy",
@@ -157,6 +160,7 @@ def search_scale(
     original_point: LambdaPoint,
     bar: Any,
 ) -> LambdaSelection:
+    """The λ of `vector` chosen on validation (lambda_search's rule); λ = 0 reuses θ₀'s point."""
     constraint = constraint_split(evaluator)
 
     def evaluate_at(scale: float) -> LambdaPoint:
@@ -191,11 +195,12 @@ def evaluate_method(
     kept_fraction: float | None = None,
     run_id: str | None = None,
 ) -> MethodOutcome:
+    """One method: its λ search on validation, then its test metrics at the chosen λ."""
     bar.set_description_str(f"λ search {label}")
     selection = search_scale(evaluator, vector, config, original_point, bar)
     bar.set_description_str(f"test {label}")
     evaluator.set_weights(vector, selection.scale)
-    test = test_metrics(evaluator, recipe.mia_enabled)
+    test = reported_metrics(evaluator, recipe.mia_enabled)
     bar.update(1)
     return MethodOutcome(config.method, label, selection, test, kept_fraction, run_id)
 
@@ -267,7 +272,7 @@ def evaluate_methods(
     evaluator.set_weights(None, 0.0)
     constraint = constraint_split(evaluator)
     original_point = LambdaPoint(0.0, evaluator.accuracy("forget_val"), evaluator.accuracy(constraint))
-    original = test_metrics(evaluator, recipe.mia_enabled)
+    original = reported_metrics(evaluator, recipe.mia_enabled)
 
     bar = progress_bar(sum(evaluation_count(recipe, len(grid.run_ids))), "evaluate", progress, unit="eval")
 
@@ -306,7 +311,7 @@ def score_retrain(evaluation: Evaluation, retrained: Any, recipe: UnlearnRecipe)
     evaluator = Evaluator(
         retrained, evaluation.evaluator.splits, recipe.evaluation.batch_size, *evaluation.control_head
     )
-    retrain = test_metrics(evaluator, recipe.mia_enabled)
+    retrain = reported_metrics(evaluator, recipe.mia_enabled)
     for outcome in [evaluation.main, *evaluation.comparison]:
         if {"retain_accuracy", "forget_accuracy", "test_accuracy", "mia_efficacy"} <= outcome.test.keys():
             outcome.test["avg_gap"] = avg_gap(outcome.test, retrain)
