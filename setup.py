@@ -13,7 +13,6 @@ INSTALL_REQUIRES = [
     "peft>=0.18",
     "accelerate>=1.0",
     "datasets>=3.0",
-    "evaluate>=0.4.3",
     "huggingface_hub>=1.0",
     "safetensors>=0.8.0",  # safe_open(backend="pread"): validated headers, nothing mapped
     "scikit-learn>=1.3",
@@ -43,7 +42,6 @@ setup(
     package_data={
         "hf_negmerge": [
             "py.typed",
-            "evaluation/metrics/*/*.py",
             "recipes/**/*.yaml",
             "hub/templates/*.md",
             "models/*.json",  # the ImageNet prompt templates and class names (data, not code)

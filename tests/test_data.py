@@ -501,3 +501,31 @@ def test_dataloader_shuffles_deterministically_per_seed():
     assert batches == 4 and sorted(first) == sorted(dataset["label"])
     assert order(3)[0] == first and order(4)[0] != first
     assert order(3, shuffle=False)[0] == list(dataset["label"])
+
+
+def test_encode_split_keeps_row_order_across_batches_and_converts_grayscale():
+    """Row i is a flat image of value 10·i (odd rows grayscale): the encoded pixels say which row they are."""
+    from types import SimpleNamespace
+
+    from hf_negmerge.data import encode_split
+
+    images = [
+        PIL.Image.new("L", (4, 3), 10 * i) if i % 2 else PIL.Image.new("RGB", (4, 3), (10 * i,) * 3)
+        for i in range(7)
+    ]
+    rows = datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(7)]})
+    rows = rows.cast_column("image", datasets.Image())
+
+    def preprocess(batch: list[PIL.Image.Image]) -> torch.Tensor:
+        assert all(image.mode == "RGB" for image in batch)  # grayscale rows arrive converted
+        return torch.stack(
+            [torch.as_tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1) for image in batch]
+        )
+
+    encoded = encode_split(SimpleNamespace(preprocess=preprocess), rows, "toy", batch_size=3)
+    expected = torch.arange(7, dtype=torch.float32).mul(10).view(7, 1, 1, 1).expand(7, 3, 3, 4)
+    assert torch.equal(encoded.pixel_values, expected)
+    assert encoded.labels.tolist() == [i % 3 for i in range(7)] and encoded.labels.dtype == torch.long
+    assert [len(batch["labels"]) for batch in encoded.batches(4)] == [4, 3]
+    with pytest.raises(ConfigError, match="empty split 'none'"):
+        encode_split(SimpleNamespace(preprocess=preprocess), rows.select([]), "none")

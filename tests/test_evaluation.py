@@ -1,11 +1,10 @@
-"""Evaluation stage: predictions, accuracy, MIA-Efficacy, Avg. Gap, offline metric modules, reports, plots."""
+"""Evaluation stage: predictions, accuracy, MIA-Efficacy, Avg. Gap, reports, plots."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-import socket
 from pathlib import Path
 
 import datasets
@@ -24,10 +23,8 @@ from hf_negmerge.evaluation import (
     avg_gap,
     comparison_json,
     compute_unlearning_metrics,
-    load_metric,
     markdown_table,
     metric_gaps,
-    metric_path,
     mia_efficacy,
     predict,
     predict_dataset,
@@ -172,63 +169,14 @@ def test_predict_on_no_batches_and_empty_accuracy_fail_clearly():
         accuracy([], [])
 
 
-# --- offline evaluate modules ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Fail any attempt to resolve or connect, and tell HF libraries they are offline."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[:2]}")
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    import evaluate.config
-
-    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
-
-
-def test_unknown_packaged_metric_is_named():
-    with pytest.raises(KeyError, match="mia_efficacy"):
-        metric_path("bleu")
-
-
-def test_accuracy_metric_loads_offline_and_agrees_with_sklearn(no_network):
+def test_accuracy_agrees_with_sklearn_on_arrays_lists_and_tensors():
     rng = np.random.default_rng(0)
     predictions = rng.integers(0, 4, 200)
     references = rng.integers(0, 4, 200)
-    metric = load_metric("accuracy")
-    result = metric.compute(predictions=predictions.tolist(), references=references.tolist())
     expected = 100.0 * accuracy_score(references, predictions)
-    assert result["accuracy"] == pytest.approx(expected)
     assert accuracy(predictions, references) == pytest.approx(expected)
-    # Batched use, as in an evaluation loop.
-    for start in range(0, 200, 64):
-        metric.add_batch(
-            predictions=predictions[start : start + 64], references=references[start : start + 64]
-        )
-    assert metric.compute()["accuracy"] == pytest.approx(expected)
-
-
-def test_mia_metric_loads_offline_and_agrees_with_the_function(no_network):
-    rng = np.random.default_rng(1)
-    retain, test, forget = rng.beta(8, 1, 60), rng.beta(2, 2, 30), rng.beta(3, 2, 25)
-    confidences = np.concatenate([retain, test, forget])
-    splits = ["retain"] * 60 + ["test"] * 30 + ["forget"] * 25
-    order = rng.permutation(len(splits))  # the metric must group by split name, not by position
-    metric = load_metric("mia_efficacy")
-    result = metric.compute(
-        confidences=confidences[order].tolist(), splits=[splits[i] for i in order], seed=None
-    )
-    # seed=None takes the first len(test) retain samples *in input order*: reproduce that order.
-    shuffled_retain = confidences[order][np.array([splits[i] == "retain" for i in order])]
-    assert result["mia_efficacy"] == pytest.approx(mia_efficacy(shuffled_retain, test, forget, seed=None))
-    with pytest.raises(ValueError, match="validation"):
-        metric.compute(confidences=[0.5, 0.5], splits=["validation", "test"])
+    assert accuracy(predictions.tolist(), references.tolist()) == pytest.approx(expected)
+    assert accuracy(torch.as_tensor(predictions), torch.as_tensor(references)) == pytest.approx(expected)
 
 
 # --- MIA-Efficacy ----------------------------------------------------------------------------------------
@@ -332,8 +280,10 @@ def test_pipeline_measures_ra_and_mia_members_on_rows_the_original_trained_on(mo
     """θ₀ trains on retain_train minus retain_val; RA and the MIA members must use exactly those rows."""
     from types import SimpleNamespace
 
-    from hf_negmerge import pipeline
-    from hf_negmerge.data.scenarios import SCENARIOS, SOURCE_INDEX_COLUMN, DataConfig, UnlearningData
+    from hf_negmerge import originals
+    from hf_negmerge.data import DataConfig
+    from hf_negmerge.data.scenarios import SCENARIOS, SOURCE_INDEX_COLUMN, UnlearningData
+    from hf_negmerge.evaluation import engine
 
     train = datasets.Dataset.from_dict(
         {"label": [i % 3 for i in range(60)], SOURCE_INDEX_COLUMN: list(range(60))}
@@ -347,11 +297,11 @@ def test_pipeline_measures_ra_and_mia_members_on_rows_the_original_trained_on(mo
     data = UnlearningData(
         scenario="random", class_names=None, num_classes=3, **SCENARIOS["random"](config, train, test, None)
     )
-    monkeypatch.setattr(pipeline, "encode_split", lambda classifier, split, name, batch_size=256: split)
-    encoded = pipeline._encode_all(
+    monkeypatch.setattr(engine, "encode_split", lambda classifier, split, name, batch_size=256: split)
+    encoded = engine.encode_splits(
         None, data, SimpleNamespace(mia_enabled=True, evaluation=SimpleNamespace(batch_size=8))
     )
-    trained_on = pipeline.original_training_split(SimpleNamespace(), data)[SOURCE_INDEX_COLUMN]
+    trained_on = originals.original_training_split(SimpleNamespace(), data)[SOURCE_INDEX_COLUMN]
     held_out = set(data.retain_val[SOURCE_INDEX_COLUMN])
     forgotten = set(data.forget_train[SOURCE_INDEX_COLUMN])
     expected = [

@@ -44,7 +44,7 @@ from hf_negmerge.hub.negation_vector import ENCODINGS, choose_encoding, pack_bit
 from hf_negmerge.hub.push import BaseModelNotCheckedWarning
 from hf_negmerge.key_space import checkpoint_state_dict
 from hf_negmerge.merging import merge_task_vectors
-from hf_negmerge.outputs import seal_output_folder
+from hf_negmerge.output_folder import seal_output_folder
 from hf_negmerge.task_vector import TaskVector
 from hub_stand_in import HubStandIn  # tests/ is on sys.path under pytest's default import mode
 

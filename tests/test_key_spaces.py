@@ -295,8 +295,8 @@ def _fake_finetune(classifier, dataset, hyperparameters, **_):
 
 
 def test_grid_runner_takes_runtime_patterns_and_rejects_unmatched_ones_before_training(vit_grid, monkeypatch):
+    from hf_negmerge.evaluation.engine import load_run_vectors
     from hf_negmerge.models import ImageClassifier
-    from hf_negmerge.pipeline import _load_vectors
     from hf_negmerge.training import runner
     from hf_negmerge.training.grid import GridSpec
 
@@ -333,10 +333,12 @@ def test_grid_runner_takes_runtime_patterns_and_rejects_unmatched_ones_before_tr
         torch.testing.assert_close(result.task_vector[key].double(), value, rtol=1e-6, atol=1e-8)
 
     names = KeyNames.of(live)
-    loaded = list(_load_vectors(root / "grid", result.run_ids, config, names)())
+    loaded = list(load_run_vectors(root / "grid", result.run_ids, config, names)())
     assert [set(vector.keys()) for vector in loaded] == [set(k) for k in kept]
     with pytest.raises(ConfigError, match=r"include pattern 'classifer\.\*'.*'classifier\."):
-        next(_load_vectors(root / "grid", result.run_ids, NegMergeConfig(include=["classifer.*"]), names)())
+        next(
+            load_run_vectors(root / "grid", result.run_ids, NegMergeConfig(include=["classifer.*"]), names)()
+        )
 
 
 # ---------------------------------------------------------------------------------------------

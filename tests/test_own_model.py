@@ -122,7 +122,8 @@ def class_recipe(tmp_path: Path, model_dir: Path, dataset: Path, **data: object)
 
 @pytest.mark.slow
 def test_class_folders_in_another_order_keep_the_models_labels(tmp_path, user_vit, digit_folder):
-    from hf_negmerge.pipeline import model_label_names, run_unlearning
+    from hf_negmerge.originals import model_label_names
+    from hf_negmerge.pipeline import run_unlearning
 
     recipe = recipe_from_dict(class_recipe(tmp_path, user_vit, digit_folder))
     outcome = run_unlearning(recipe, progress=False)

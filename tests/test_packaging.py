@@ -37,5 +37,5 @@ def test_every_data_file_is_declared_in_package_data():
         for path in PACKAGE.glob(pattern)
         if path.is_file()
     }
-    assert needed, "the package ships data files (recipes, templates, metric scripts)"
+    assert needed, "the package ships data files (recipes, templates, prompt lists)"
     assert needed <= declared, f"not in setup.py package_data: {sorted(needed - declared)}"

@@ -131,9 +131,10 @@ def independent_head(classifier, names: list[str], templates: list[str]) -> torc
 
 
 def test_control_split_is_scored_with_its_own_templates_and_names():
+    from hf_negmerge.data import EncodedSplit
+    from hf_negmerge.evaluation.engine import Evaluator
     from hf_negmerge.models import ModelConfig, build_classifier
     from hf_negmerge.models.templates import CLASS_NAME_SETS, PROMPT_TEMPLATE_SETS
-    from hf_negmerge.pipeline import EncodedSplit, Evaluator
 
     forget_templates, forget_names = PROMPT_TEMPLATE_SETS["cars"], ["sedan", "coupe"]
     control_templates = PROMPT_TEMPLATE_SETS["imagenet"][:6]
@@ -197,7 +198,7 @@ def test_control_head_presets_resolve_and_bad_values_name_the_key():
 
 def test_control_prompt_names_must_name_every_control_class(tmp_path):
     from hf_negmerge.data import build_unlearning_data, load_digits_dataset
-    from hf_negmerge.pipeline import control_head_text
+    from hf_negmerge.evaluation.engine import control_head_text
 
     control_dir = tmp_path / "control"
     load_digits_dataset(seed=1).save_to_disk(str(control_dir))

@@ -25,7 +25,7 @@ import yaml
 from hf_negmerge.cli import main as cli_main
 from hf_negmerge.errors import CheckpointError, HubUnavailableError
 from hf_negmerge.hub import NegationVector, push_unlearned_model
-from hf_negmerge.outputs import (
+from hf_negmerge.output_folder import (
     MANIFEST_FILE,
     STAGING_PREFIX,
     Manifest,

@@ -18,7 +18,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from hf_negmerge import pipeline
+from hf_negmerge import pipeline, plan
 from hf_negmerge.cli import main
 from hf_negmerge.errors import ConfigError, NegMergeError
 from hf_negmerge.recipe import (
@@ -357,6 +357,7 @@ def no_data_stage(monkeypatch):
         raise AssertionError("the run went past validation")
 
     monkeypatch.setattr(pipeline, "build_unlearning_data", reached)
+    monkeypatch.setattr(plan, "build_unlearning_data", reached)  # the --dry-run budget counts rows
     monkeypatch.setattr(pipeline, "run_unlearning", reached)
 
 
@@ -389,7 +390,7 @@ def test_recipe_case(case, dry_run, sources, no_data_stage, monkeypatch, capsys)
     if case.rc == 0:  # a valid dry run counts the local data's rows for its budget; it never trains
         from hf_negmerge.data import build_unlearning_data
 
-        monkeypatch.setattr(pipeline, "build_unlearning_data", build_unlearning_data)
+        monkeypatch.setattr(plan, "build_unlearning_data", build_unlearning_data)
     code, output, recipe_after = _invoke(case, sources, dry_run, monkeypatch, capsys)
     assert code == case.rc, output
     assert case.fragment.replace("{tmp}", str(sources)) in output

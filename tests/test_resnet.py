@@ -309,7 +309,7 @@ def test_standard_recipe_runs_end_to_end_with_retrain_mia_and_avg_gap_and_resume
 
 def test_pipeline_maps_data_onto_a_pretrained_resnet_s_labels(tmp_path):
     """A pretrained ResNet brings its head's labels, like ViT; a replaced head or a tiny model does not."""
-    from hf_negmerge.pipeline import model_label_names
+    from hf_negmerge.originals import model_label_names
     from hf_negmerge.recipe import recipe_from_dict
 
     folder = tmp_path / "plain"

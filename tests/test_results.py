@@ -16,7 +16,8 @@ from hf_negmerge.hub.push import BaseModelNotCheckedWarning, check_base_model
 from hf_negmerge.lambda_search import LambdaPoint, select_lambda
 from hf_negmerge.merging import MergeResult
 from hf_negmerge.merging.stats import MergeStats, TensorStats
-from hf_negmerge.outputs import inherited_license, seal_output_folder
+from hf_negmerge.output_folder import seal_output_folder
+from hf_negmerge.outputs import inherited_license
 from hf_negmerge.results import (
     FORMAT_VERSION,
     METRICS_FILE,

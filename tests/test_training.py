@@ -417,7 +417,7 @@ def test_prepare_original_model_trains_whole_clip_and_caches(digits_data, tmp_pa
         )
     torch.testing.assert_close(trained.zero_shot_head, trained.compute_head())  # head follows the text tower
 
-    monkeypatch.setattr(pretrain, "_encode", lambda *a: pytest.fail("cached model was retrained"))
+    monkeypatch.setattr(pretrain, "encode_split", lambda *a: pytest.fail("cached model was retrained"))
     assert (
         pretrain.prepare_original_model(config, train, tmp_path, epochs=1, batch_size=50, progress=False)
         == folder

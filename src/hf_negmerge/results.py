@@ -215,7 +215,7 @@ class UnlearningOutcome:
     data_summary: dict[str, Any]
     run_ids: list[str]
     seconds: dict[str, float] = field(default_factory=dict)
-    original_model: dict[str, Any] = field(default_factory=dict)  # what θ₀ was: pipeline.describe_original
+    original_model: dict[str, Any] = field(default_factory=dict)  # what θ₀ was: originals.describe_original
     criterion: Criterion | None = None
     status_detail: str = ""
     warnings: list[str] = field(default_factory=list)

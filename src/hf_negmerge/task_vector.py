@@ -3,6 +3,10 @@
 Only floating-point tensors carry a task vector; integer and bool buffers (position ids,
 `num_batches_tracked`) are not weights that fine-tuning moves, so they always pass through
 from the base model untouched.
+
+Longer than most modules (~470 lines) because `TaskVector` is one type: its constructors (models,
+state dicts, folders, LoRA adapters), its arithmetic and its file and Hub I/O all depend on the same
+key-space and dtype rules, which live here once.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, recipe: Any, console: Any) -> int:
     """The command once the terminal is set up: plan (and budget), run, summary."""
-    from ..pipeline import describe_plan
+    from ..plan import describe_plan
     from ..threads import configure_torch_threads
 
     if args.dry_run:  # the plan is what was asked for: printed even with --quiet

@@ -1,6 +1,7 @@
 """Data stage: built-in digits, image-dataset loading and validation, forgetting scenarios, batching."""
 
-from hf_negmerge.data.collate import ImageClassificationCollator, make_dataloader
+from hf_negmerge.data.collate import EncodedSplit, ImageClassificationCollator, encode_split, make_dataloader
+from hf_negmerge.data.config import DataConfig
 from hf_negmerge.data.digits import DIGITS_CLASS_NAMES, load_digits_dataset
 from hf_negmerge.data.loading import (
     BUILTIN_DATASETS,
@@ -24,7 +25,6 @@ from hf_negmerge.data.loading import (
 from hf_negmerge.data.scenarios import (
     SCENARIOS,
     SOURCE_INDEX_COLUMN,
-    DataConfig,
     UnlearningData,
     build_unlearning_data,
     carve_validation,
@@ -43,6 +43,7 @@ __all__ = [
     "SOURCE_INDEX_COLUMN",
     "SOURCE_KINDS",
     "DataConfig",
+    "EncodedSplit",
     "ImageClassificationCollator",
     "MissingSplitError",
     "UnlearningData",
@@ -53,6 +54,7 @@ __all__ = [
     "check_labels_in_range",
     "class_names_of",
     "detect_source_kind",
+    "encode_split",
     "hub_is_offline",
     "label_ids",
     "load_digits_dataset",

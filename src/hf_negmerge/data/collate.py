@@ -1,8 +1,13 @@
-"""Batches for image classifiers: rows ``{image, label}`` -> ``{"pixel_values", "labels"}`` tensors."""
+"""Batches for image classifiers: rows ``{image, label}`` -> ``{"pixel_values", "labels"}`` tensors.
+
+`ImageClassificationCollator` turns rows into one batch; `encode_split` is the one place a whole
+split is preprocessed up front (evaluation scores it for every λ, θ₀ pretraining every epoch).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import PIL.Image
@@ -98,3 +103,38 @@ def make_dataloader(
         drop_last=drop_last,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+@dataclass
+class EncodedSplit:
+    """A split preprocessed once: pixel_values float [N, C, H, W] and labels int64 [N], in row order."""
+
+    name: str
+    pixel_values: torch.Tensor
+    labels: torch.Tensor
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, len(self.labels), batch_size):
+            yield {
+                "pixel_values": self.pixel_values[start : start + batch_size],
+                "labels": self.labels[start : start + batch_size],
+            }
+
+
+def encode_split(classifier: Any, dataset: Any, name: str = "", batch_size: int = 256) -> EncodedSplit:
+    """Every row of `dataset` through `classifier.preprocess` (no augmentation), `batch_size` rows
+    at a time so that only one batch of decoded images is held at once."""
+    collate = ImageClassificationCollator(classifier.preprocess)
+    pixels, labels = [], []
+    for start in range(0, len(dataset), batch_size):
+        columns = dataset[start : start + batch_size]
+        rows = [
+            {IMAGE_COLUMN: image, LABEL_COLUMN: label}
+            for image, label in zip(columns[IMAGE_COLUMN], columns[LABEL_COLUMN], strict=True)
+        ]
+        batch = collate(rows)
+        pixels.append(batch["pixel_values"])
+        labels.append(batch["labels"])
+    if not labels:
+        raise ConfigError(f"cannot encode the empty split {name!r}")
+    return EncodedSplit(name, torch.cat(pixels), torch.cat(labels))

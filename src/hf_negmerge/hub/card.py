@@ -11,6 +11,10 @@ guarantee. What the card reports is `card_data.UnlearningCardData`.
 Forget and retain results often come from the same dataset. The Hub merges model-index entries
 that share (task, dataset type, config, split, revision), so each role gets its own split label
 ("test (forget set)") and dataset name.
+
+Longer than most modules (~400 lines): every value the card template shows is prepared here, from
+one `UnlearningCardData`; the Hub metadata (model-index) and the body's tables must report the same
+numbers, which is easiest to check when they are built side by side.
 """
 
 from __future__ import annotations

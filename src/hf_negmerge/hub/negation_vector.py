@@ -14,6 +14,9 @@ written in whichever of three encodings gives the fewest payload bytes:
 so decoding gives back the very same tensor and applying it gives the very same weights as
 the dense path. The artifact is one safetensors file plus `negation_vector_config.json`
 (base model, chosen λ, method, NegMergeConfig), in the checkpoint key space.
+
+Longer than most modules (~400 lines): the three encodings and the artifact that writes and reads
+them are one file format, kept in one place so its writer and reader cannot drift apart.
 """
 
 from __future__ import annotations

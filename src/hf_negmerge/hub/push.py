@@ -18,7 +18,7 @@ from typing import Any
 from ..checkpoints import owned_scratch_folder
 from ..config import CONFIG_NAME, NegMergeConfig
 from ..errors import CheckpointError, ConfigError
-from ..outputs import MANIFEST_FILE, verify_output_folder
+from ..output_folder import MANIFEST_FILE, verify_output_folder
 from ..results import METRICS_FILE, RunResults
 from ..task_vector import MERGED_VECTOR_NAME, TaskVector
 from ._connection import hub_offline
@@ -247,7 +247,7 @@ def push_unlearned_model(
     """Upload an unlearning run's model folder with its card, config and sparse vector.
 
     Only a complete output folder is pushed (its `hf_negmerge_outputs.json` marks every file and
-    its sha256; see `hf_negmerge.outputs.verify_output_folder`), and only the files listed there.
+    its sha256; see `hf_negmerge.output_folder.verify_output_folder`), and only the files listed there.
 
     `output_dir` holds the unlearned model (HF layout + processor/tokenizer), `negmerge_config.json`,
     `metrics.json`, plots and `merged_task_vector.safetensors`. The repo is created when missing

@@ -19,6 +19,10 @@ calls), one image at a time:
 standard ResNet setting. Randomness comes from each transform's own `random.Random`, seeded from the
 run's seed (and a stream number for data-parallel ranks), so a run replays exactly from its seed and
 augmentation draws never interleave with dropout's.
+
+Longer than most modules (~430 lines) because it is one job written out: timm's fifteen RandAugment
+operations and their level mappings must be read side by side with the policy that draws them to
+check the distribution against timm's; splitting them would separate each operation from its range.
 """
 
 from __future__ import annotations

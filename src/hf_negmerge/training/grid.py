@@ -4,6 +4,10 @@ NegMerge needs n models fine-tuned on the forget set with *different* hyperparam
 `GridSpec` says how they differ (named axes crossed, or an explicit list of points); each
 `GridPoint` carries a stable id derived from its full hyperparameters, so a rerun recognises
 the runs it already finished and never folds one twice.
+
+Longer than most modules (~620 lines): `TrainingHyperparameters` and `GridSpec` share their value
+checks and `HyperparameterError`, whose `where` ("base", "axes", "points[i]") lets a recipe name the
+key to fix; the run id is derived from the full hyperparameters, so the two types stay together.
 """
 
 from __future__ import annotations

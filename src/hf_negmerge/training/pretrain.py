@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checkpoints import atomic_write_text
+from ..data.collate import encode_split
 from ..errors import ConfigError
 from .grid import canonical_json
 
@@ -184,7 +185,8 @@ def prepare_original_model(
     classifier = build_classifier(model_config, names).to(device)  # a GPU when there is one
     for parameter in classifier.model.parameters():
         parameter.requires_grad_(True)
-    pixels, labels = _encode(classifier, dataset)
+    encoded = encode_split(classifier, dataset, "θ₀ training split")  # once, not every epoch
+    pixels, labels = encoded.pixel_values, encoded.labels
     objective = recipe.objective(classifier)
     steps_per_epoch = -(-len(labels) // batch_size)
     optimizer, scheduler = _optimizer_and_schedule(
@@ -238,15 +240,6 @@ def _fraction_correct(classifier: Any, dataset: Any) -> float:
     from ..evaluation import predict_dataset
 
     return predict_dataset(classifier, dataset, batch_size=256).accuracy() / 100.0
-
-
-def _encode(classifier: Any, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images preprocessed once (small datasets: avoids re-running the processor every epoch)."""
-    from ..data.collate import ImageClassificationCollator
-
-    rows = [dataset[i] for i in range(len(dataset))]
-    batch = ImageClassificationCollator(classifier.preprocess)(rows)
-    return batch["pixel_values"], batch["labels"]
 
 
 def _optimizer_and_schedule(

@@ -21,6 +21,10 @@ and is saved after every fold, so a rerun skips finished points and never folds 
 With K processes (`accelerate launch`), `shard=True` gives each process its share of the
 points to train alone; then the main process folds every new task vector in sorted-id order.
 `shard=False` trains every point in turn with DDP across all processes (one big run at a time).
+
+Longer than most modules (~460 lines): `GridRunner` is one job, resuming, sharding, training and
+folding the pool, and the resume checks (inputs.json, run.json, the accumulator's folded ids) and
+the process coordination must be read together to see that no run is trained or folded twice.
 """
 
 from __future__ import annotations
