@@ -282,6 +282,33 @@ def test_dry_run_budget_online_reads_sizes_and_gated_access_from_hub_metadata(ca
     ]
 
 
+def test_dry_run_budget_without_network_says_so_instead_of_a_traceback(capsys, monkeypatch):
+    """No DNS / no route: huggingface_hub's HTTP client raises its own errors (not OSError); the
+    plan still prints, saying the metadata is unavailable and why."""
+    import huggingface_hub
+
+    import hf_negmerge.data.loading as loading
+
+    class ConnectError(Exception):  # what httpx raises for "Name or service not known"
+        pass
+
+    class UnreachableApi:
+        def model_info(self, repo_id, files_metadata=False):
+            raise ConnectError("[Errno -2] Name or service not known")
+
+        dataset_info = model_info
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", UnreachableApi)
+    monkeypatch.setattr(loading, "hub_is_offline", lambda: False)
+    assert main(["unlearn", "--dry-run", "--config", "clip-vit-b32/cars"]) == 0
+    text = capsys.readouterr().out
+    expected = (
+        "metadata unavailable: the Hub did not answer (ConnectError: [Errno -2] Name or service not known)"
+    )
+    assert f"model 'openai/clip-vit-base-patch32': {expected}" in text
+    assert f"dataset 'ILSVRC/imagenet-1k': {expected}" in text
+
+
 def test_library_settings_are_restored_after_the_command():
     """The CLI quiets libraries only while it runs: an in-process caller keeps its own settings."""
     import logging

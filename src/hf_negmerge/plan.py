@@ -297,6 +297,8 @@ def _hub_size(repo_id: str, repo_type: str) -> tuple[Any, int | None]:
         return "gated: your token cannot read it (accept its terms on the Hub, then `hf auth login`)", None
     except (HfHubHTTPError, OSError) as error:
         return f"metadata unavailable ({type(error).__name__})", None
+    except Exception as error:  # the HTTP client's own errors (e.g. ConnectError) are not OSError
+        return f"metadata unavailable: the Hub did not answer ({type(error).__name__}: {error})", None
     size = sum(sibling.size or 0 for sibling in info.siblings or [])
     count = getattr(getattr(info, "safetensors", None), "total", None)
     if getattr(info, "gated", False):

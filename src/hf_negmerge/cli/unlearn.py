@@ -126,7 +126,7 @@ def _run_trials(
     """`--seeds`: the recipe once per seed, then mean ± std and target counts over the trials."""
     from pathlib import Path
 
-    from ..pipeline import describe_plan
+    from ..plan import describe_plan
     from ..threads import configure_torch_threads
     from ..trials import run_trials, summarise, write_summary
 
