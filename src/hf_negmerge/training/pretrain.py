@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..checkpoints import atomic_write_text
 from ..errors import ConfigError
 from .grid import canonical_json
+from .loop import TensorBatches, image_spec, train_loop
 
 PRETRAIN_RECORD_FILE = "pretrain.json"
 _RECIPE_VERSION = 3  # 2: fused AdamW; 3: the torch thread count is part of the key
@@ -192,31 +192,30 @@ def prepare_original_model(
     )
     generator = torch.Generator().manual_seed(seed)
     fill = _padding_fill(classifier) if recipe.pad_crop_flip else None
-    classifier.train()
+    batches = TensorBatches(
+        pixels,
+        labels,
+        batch_size,
+        generator,
+        transform=None if fill is None else lambda inputs, rng: pad_crop_flip(inputs, fill, rng),
+    )
+    parameters = list(classifier.model.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        epochs_bar = tqdm(
-            range(epochs),
-            desc=f"θ₀ ({model_config.architecture})",
-            unit="epoch",
-            disable=not progress,
-            dynamic_ncols=True,
+        train_loop(
+            classifier,
+            parameters,
+            batches,
+            objective,
+            optimizer,
+            scheduler,
+            epochs=epochs,
+            grad_clip=1.0 if recipe.optimizer == "adamw" else None,
+            device=device,
+            progress=progress,
+            description=f"θ₀ ({model_config.architecture})",
+            leave=True,
         )
-        for _ in epochs_bar:
-            order = torch.randperm(len(labels), generator=generator)
-            for start in range(0, len(labels), batch_size):
-                batch = order[start : start + batch_size]
-                inputs = pixels[batch]
-                if fill is not None:
-                    inputs = pad_crop_flip(inputs, fill, generator)
-                loss = objective(inputs.to(device), labels[batch].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.optimizer == "adamw":
-                    torch.nn.utils.clip_grad_norm_(classifier.model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-            epochs_bar.set_postfix_str(f"loss {float(loss.detach()):.4f}", refresh=False)
     classifier.eval()
     if hasattr(classifier, "rebuild_head"):  # the zero-shot head follows the trained text tower
         classifier.rebuild_head()
@@ -272,8 +271,6 @@ def _optimizer_and_schedule(
 
 def _padding_fill(classifier: Any) -> torch.Tensor:
     """Per-channel value of a black (zero) pixel after the processor's normalisation."""
-    from .loop import image_spec
-
     spec = image_spec(classifier)
     if spec.mean is None:
         return torch.zeros(3)
