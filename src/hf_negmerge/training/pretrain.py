@@ -15,12 +15,12 @@ trains it on every training class first:
 
 The result is written with `ImageClassifier.save_pretrained` to `output_dir/<arch>-<hash>`, the
 hash covering model config, class names, data fingerprint and training recipe; a folder that
-already holds `pretrain.json` is reused without training.
+already holds `pretrain.json` is reused without training, and so is a folder shipped in the
+package under the same name and settings (the built-in default's θ₀, `packaged.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from ..checkpoints import atomic_write_text
 from ..errors import ConfigError
-from .grid import canonical_json
 from .loop import TensorBatches, image_spec, train_loop
+from .packaged import find_packaged_original, settings_key
 
 PRETRAIN_RECORD_FILE = "pretrain.json"
 _RECIPE_VERSION = 3  # 2: fused AdamW; 3: the torch thread count is part of the key
@@ -121,11 +121,14 @@ def prepare_original_model(
     class_names: Sequence[str] | None = None,
     eval_dataset: Any | None = None,
     progress: bool = True,
+    use_packaged: bool = True,
 ) -> Path:
     """Train (or reuse) θ₀ on `dataset` (rows `image`, `label`) and return its classifier folder.
 
     `class_names` default to the dataset's ClassLabel names. `eval_dataset`, when given, is
     scored after training and its accuracy stored in `pretrain.json` (zero-shot for CLIP).
+    A folder cached under `output_dir` comes first, then (`use_packaged`) one shipped in the
+    package for exactly these settings (`packaged.py`, read-only), else θ₀ is trained here.
     """
     from ..data import require_class_names
     from ..data.loading import check_labels_in_range
@@ -175,10 +178,13 @@ def prepare_original_model(
 
         source = resolve_weights_source(model_config.name_or_path, model_config.revision)
         settings["source_sha256"] = source_weights_sha256(source)
-    digest = hashlib.sha256(canonical_json(settings).encode("utf-8")).hexdigest()[:12]
+    digest = settings_key(settings)
     target = Path(output_dir) / f"{model_config.architecture}-{digest}"
     if (target / PRETRAIN_RECORD_FILE).is_file():
         return target
+    packaged = find_packaged_original(target.name, digest, settings) if use_packaged else None
+    if packaged is not None:
+        return packaged
 
     started = time.time()
     classifier = build_classifier(model_config, names).to(device)  # a GPU when there is one
