@@ -1,4 +1,7 @@
-"""One fine-tuning run on the forget set, accelerate-native.
+"""The package's one training loop (`train_loop`), and one fine-tuning run on the forget set with it.
+
+`train_loop` also trains θ₀ (`pretrain.py`: pre-encoded `TensorBatches`, the recipe's objective,
+optimizer and schedule, no accelerator); `finetune` below builds its inputs for a grid run.
 
 AdamW, linear warm-up then cosine (or linear) decay, gradient clipping, gradient accumulation,
 accelerate's mixed precision, label-smoothed cross-entropy and optional RandAugment (the authors'
@@ -182,10 +185,10 @@ def train_loop(
     `TensorBatches` over pre-encoded images); `objective(pixel_values, labels)` returns the loss.
     Every `accumulation` batches (fewer at an epoch's end) make one optimizer step: gradients
     clipped to `grad_clip`, `optimizer.step()`, `scheduler.step()`. With an `accelerator` the
-    backward pass, clipping, device and (for `distributed` DDP) gradient sync go through it; without
-    one, plain torch calls on `device`. Losses stay on the device until the end (one sync, not one per step) unless
-    `step_callback(step, loss)` needs each as it comes; `step_records` then receives one
-    {"step", "epoch", "loss", "learning_rate"} dict per step.
+    backward pass, clipping, device and (for `distributed` DDP) gradient sync go through it;
+    without one, plain torch calls on `device`. Losses stay on the device until the end (one sync,
+    not one per step) unless `step_callback(step, loss)` needs each as it comes; `step_records`
+    then receives one {"step", "epoch", "loss", "learning_rate"} dict per step.
     """
     batches_per_epoch = len(batches)
     total_steps = math.ceil(batches_per_epoch / accumulation) * epochs
@@ -223,9 +226,8 @@ def train_loop(
                 clip(parameters, grad_clip)
             schedule.append((epoch, float(scheduler.get_last_lr()[0])))  # the rate this step uses
             step_optimizer()
-            if not getattr(
-                optimizer, "step_was_skipped", False
-            ):  # fp16 overflow: schedule follows real updates
+            skipped = getattr(optimizer, "step_was_skipped", False)  # fp16 overflow (accelerate's scaler)
+            if not skipped:  # the schedule follows the real updates
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss = loss.detach()
@@ -239,8 +241,8 @@ def train_loop(
     if step_records is not None and losses:
         values = torch.stack(losses).tolist()
         step_records.extend(
-            {"step": step, "epoch": epoch, "loss": value, "learning_rate": rate}
-            for step, ((epoch, rate), value) in enumerate(zip(schedule, values, strict=True), start=1)
+            {"step": step, "epoch": step_epoch, "loss": value, "learning_rate": rate}
+            for step, ((step_epoch, rate), value) in enumerate(zip(schedule, values, strict=True), start=1)
         )
 
 
