@@ -45,6 +45,9 @@ setup(
             "recipes/**/*.yaml",
             "hub/templates/*.md",
             "models/*.json",  # the ImageNet prompt templates and class names (data, not code)
+            # the built-in default's θ₀ (~2 MB), built by scripts/build_default_original.py
+            "originals/*/*.json",
+            "originals/*/*.safetensors",
         ]
     },
     python_requires=">=3.10",

@@ -1,9 +1,10 @@
 """Fine-tuning loop and grid runner: speed against plain PyTorch, memory against grid size.
 
 1. Throughput: images/s of `hf_negmerge.training.finetune` (accelerate, scheduler, clipping,
-   label smoothing) against a minimal plain-PyTorch loop (forward, cross-entropy, backward,
-   AdamW step) on the same tiny model, data, batches and threads, measured in this process,
-   alternating the two and keeping each one's best of `--repeats`.
+   label smoothing) against a bare PyTorch loop doing the same work (forward, cross-entropy,
+   backward, gradient clipping, AdamW step, cosine schedule) and against a minimal one (no
+   clipping, no schedule), on the same tiny model, data, batches and threads, measured in this
+   process, alternating the three and keeping each one's best of `--repeats`.
 2. Memory: peak RSS during a whole `run_grid` with `--points` grid points against a 1-point
    grid, each in a fresh interpreter (sampled every 10 ms, plus the process's `ru_maxrss`), so
    the figures are comparable: a runner that keeps models or task vectors alive would grow
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -40,23 +42,53 @@ def _classifier(arch: str, class_names: list[str]):
     return build_classifier(ModelConfig(architecture=arch), class_names)
 
 
-def _plain_loop(classifier, dataset, epochs: int, batch_size: int, learning_rate: float) -> None:
+def _plain_loop(classifier, dataset, hyperparameters, same_work: bool) -> None:
+    """A bare PyTorch loop over the same batches: forward, cross-entropy, backward, AdamW step.
+
+    `same_work=True` also does what our loop's settings ask for: gradient clipping and the
+    warm-up/cosine learning-rate schedule (transformers' function, as ours), the same weight decay;
+    `same_work=False` is the minimal loop (no clipping, no schedule, AdamW's default decay).
+    """
+    from transformers import get_cosine_schedule_with_warmup
+
     from hf_negmerge.data.collate import ImageClassificationCollator, make_dataloader
 
     classifier.mark_trainable()
-    loader = make_dataloader(dataset, ImageClassificationCollator(classifier.preprocess), batch_size, True, 0)
+    loader = make_dataloader(
+        dataset,
+        ImageClassificationCollator(classifier.preprocess),
+        hyperparameters.batch_size,
+        True,
+        hyperparameters.seed,
+    )
     parameters = [p for p in classifier.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate)
+    if same_work:
+        optimizer = torch.optim.AdamW(
+            parameters, lr=hyperparameters.learning_rate, weight_decay=hyperparameters.weight_decay
+        )
+        scheduler = get_cosine_schedule_with_warmup(
+            optimizer, hyperparameters.warmup_steps, len(loader) * hyperparameters.epochs
+        )
+    else:
+        optimizer = torch.optim.AdamW(parameters, lr=hyperparameters.learning_rate)
     classifier.train()
-    for _ in range(epochs):
+    for _ in range(hyperparameters.epochs):
         for batch in loader:
             loss = torch.nn.functional.cross_entropy(classifier(batch["pixel_values"]), batch["labels"])
             optimizer.zero_grad()
             loss.backward()
+            if same_work:
+                torch.nn.utils.clip_grad_norm_(parameters, hyperparameters.grad_clip)
             optimizer.step()
+            if same_work:
+                scheduler.step()
+
+
+LOOPS = ("bare", "ours", "minimal")
 
 
 def throughput(arch: str, size: int, epochs: int, batch_size: int, repeats: int) -> dict[str, float]:
+    """Best-of-`repeats` seconds of each loop, the three alternating within every repeat."""
     from hf_negmerge.training import TrainingHyperparameters, finetune
 
     dataset = _data(size)
@@ -64,23 +96,28 @@ def throughput(arch: str, size: int, epochs: int, batch_size: int, repeats: int)
     hyperparameters = TrainingHyperparameters(
         learning_rate=1e-3, epochs=epochs, warmup_steps=0, batch_size=batch_size, weight_decay=0.0
     )
-    best = {"ours": float("inf"), "plain": float("inf")}
+    best = dict.fromkeys(LOOPS, float("inf"))
+    best_cpu = dict.fromkeys(LOOPS, float("inf"))
     for _ in range(repeats):
-        for name in ("plain", "ours"):
+        for name in LOOPS:
             classifier = _classifier(arch, names)
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             if name == "ours":
                 finetune(classifier, dataset, hyperparameters, progress=False)
             else:
-                _plain_loop(classifier, dataset, epochs, batch_size, 1e-3)
+                _plain_loop(classifier, dataset, hyperparameters, same_work=name == "bare")
             best[name] = min(best[name], time.perf_counter() - started)
+            best_cpu[name] = min(best_cpu[name], time.process_time() - started_cpu)
     images = size * epochs
-    return {
-        "images": images,
-        "ours_images_per_s": images / best["ours"],
-        "plain_images_per_s": images / best["plain"],
-        "ratio": best["plain"] / best["ours"],
-    }
+    row: dict[str, float] = {"images": images}
+    for name in LOOPS:
+        row[f"{name}_images_per_s"] = images / best[name]
+    row["ratio"] = best["bare"] / best["ours"]
+    row["ratio_minimal"] = best["minimal"] / best["ours"]
+    # CPU time of this process: with one torch thread, far less sensitive to other jobs than wall time
+    row["cpu_ratio"] = best_cpu["bare"] / best_cpu["ours"]
+    row["cpu_ratio_minimal"] = best_cpu["minimal"] / best_cpu["ours"]
+    return row
 
 
 def grid_worker(arch: str, points: int, output: str) -> None:
@@ -166,6 +203,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--points", type=int, default=30, help="grid size compared with a 1-point grid")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (same for both loops)")
+    parser.add_argument("--skip-grid", action="store_true", help="throughput only")
     parser.add_argument("--grid-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,9 +217,16 @@ def main() -> None:
         f"throughput ({args.arch}, {args.size} images x {args.epochs} epochs, batch {args.batch_size}, "
         f"{args.threads} thread(s), best of {args.repeats})"
     )
-    print(f"  hf_negmerge finetune : {speed['ours_images_per_s']:8.1f} images/s")
-    print(f"  plain PyTorch loop   : {speed['plain_images_per_s']:8.1f} images/s")
-    print(f"  ratio ours/plain     : {speed['ratio']:8.2f}")
+    print(f"  hf_negmerge finetune            : {speed['ours_images_per_s']:8.1f} images/s")
+    print(f"  bare loop, same work            : {speed['bare_images_per_s']:8.1f} images/s")
+    print(f"  bare loop, minimal              : {speed['minimal_images_per_s']:8.1f} images/s")
+    print(f"  ratio ours / bare (same work)   : {speed['ratio']:8.2f}")
+    print(f"  ratio ours / minimal            : {speed['ratio_minimal']:8.2f}")
+    print(f"  CPU-time ratio ours / bare      : {speed['cpu_ratio']:8.2f}")
+    print(f"  CPU-time ratio ours / minimal   : {speed['cpu_ratio_minimal']:8.2f}")
+    print(f"  load average (1 min) after      : {os.getloadavg()[0]:8.2f}")
+    if args.skip_grid:
+        return
     rows = grid_memory(args.arch, args.points)
     print(f"grid memory ({args.arch}, 1 epoch per point, fresh interpreter each)")
     for row in rows:

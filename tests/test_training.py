@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
@@ -270,6 +271,7 @@ def test_resume_trains_only_the_missing_points_and_matches_an_uninterrupted_run(
     reference = runner.run_grid(
         base_dirs["vit"], digits_data, spec, tmp_path / "uninterrupted", progress=False
     )
+    assert gc.get_freeze_count() == 0
 
     calls = []
     real_finetune = runner.finetune
@@ -286,6 +288,7 @@ def test_resume_trains_only_the_missing_points_and_matches_an_uninterrupted_run(
     with pytest.raises(KeyboardInterrupt):
         runner.run_grid(base_dirs["vit"], digits_data, spec, output, progress=False)
     assert calls == ids[:3]
+    assert gc.get_freeze_count() == 0  # the grid froze the heap for its runs; a kill unfreezes it too
     assert sorted(p.name for p in (output / "runs").iterdir()) == sorted(
         ids[:2]
     )  # the killed run left nothing

@@ -217,6 +217,7 @@ def prepare_original(recipe: UnlearnRecipe, data: UnlearningData, work: Path, pr
 def describe_original(recipe: UnlearnRecipe, base_dir: Path) -> dict[str, Any]:
     """What θ₀ actually was, for metrics.json: where it came from and the sha256 of its weights."""
     from .models._source import resolve_weights_source, source_weights_sha256, weights_sha256
+    from .training.packaged import packaged_original_record
 
     model = recipe.model
     record: dict[str, Any] = {"sha256": weights_sha256(base_dir)}
@@ -224,6 +225,7 @@ def describe_original(recipe: UnlearnRecipe, base_dir: Path) -> dict[str, Any]:
         record.update(base_model=recipe.original.path, source="original.path")
     elif recipe.original.train:
         record.update(base_model=str(base_dir), source="original.train", trained_from=model.name_or_path)
+        record.update(packaged_original_record(base_dir))  # θ₀ shipped in the package: say so
     elif model.name_or_path is not None:
         record.update(base_model=model.name_or_path, source="model.name_or_path", folder=str(base_dir))
         record["source_sha256"] = source_weights_sha256(

@@ -1,4 +1,7 @@
-"""One fine-tuning run on the forget set, accelerate-native.
+"""The package's one training loop (`train_loop`), and one fine-tuning run on the forget set with it.
+
+`train_loop` also trains θ₀ (`pretrain.py`: pre-encoded `TensorBatches`, the recipe's objective,
+optimizer and schedule, no accelerator); `finetune` below builds its inputs for a grid run.
 
 AdamW, linear warm-up then cosine (or linear) decay, gradient clipping, gradient accumulation,
 accelerate's mixed precision, label-smoothed cross-entropy and optional RandAugment (the authors'
@@ -18,8 +21,8 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -30,6 +33,16 @@ from .augment import ImageSpec, build_augmentation
 from .grid import TrainingHyperparameters, WarmupWarning
 
 StepCallback = Callable[[int, float], None]
+#: (pixel_values, labels) -> scalar loss; fine-tuning's is cross-entropy on the logits, θ₀'s is its recipe's
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Batches(Protocol):
+    """What `train_loop` iterates once per epoch: sized, re-iterable, {"pixel_values", "labels"} dicts."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]: ...
 
 
 def finetune(
@@ -118,55 +131,166 @@ def finetune(
     scheduler = _build_scheduler(hyperparameters, optimizer.optimizer, total_steps)
     loss_function = nn.CrossEntropyLoss(label_smoothing=hyperparameters.label_smoothing)
 
-    model.train()
-    step = 0
-    bar = tqdm(
-        total=total_steps,
-        desc=description,
-        unit="step",
-        disable=not (progress and accelerator.is_local_main_process),
-        leave=False,  # the grid's bar keeps the finished run's loss
-        dynamic_ncols=True,
-    )
-    for epoch in range(hyperparameters.epochs):
-        for index, batch in enumerate(loader):
-            group_start = index - index % accumulation
-            group_size = min(accumulation, batches_per_epoch - group_start)
-            is_step = index + 1 == group_start + group_size
-            pixel_values = batch["pixel_values"].to(accelerator.device)
-            labels = batch["labels"].to(accelerator.device)
-            sync = contextlib.nullcontext() if is_step or not distributed else accelerator.no_sync(model)
-            with sync:
-                with accelerator.autocast():
-                    logits = model(pixel_values)
-                loss = loss_function(logits.float(), labels)
-                accelerator.backward(loss / group_size)
-            if not is_step:
-                continue
-            if hyperparameters.grad_clip is not None:
-                accelerator.clip_grad_norm_(parameters, hyperparameters.grad_clip)
-            learning_rate = float(scheduler.get_last_lr()[0])  # the rate this step uses
-            optimizer.step()
-            if not optimizer.step_was_skipped:  # fp16 overflow: keep the schedule in step with real updates
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            loss_value = float(loss.detach())
-            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-            if step_callback is not None:
-                step_callback(step, loss_value)
-            if step_records is not None:
-                step_records.append(
-                    {"step": step, "epoch": epoch + 1, "loss": loss_value, "learning_rate": learning_rate}
-                )
-    bar.close()
+    def objective(pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with accelerator.autocast():
+            logits = model(pixel_values)
+        return loss_function(logits.float(), labels)
 
+    train_loop(
+        model,
+        parameters,
+        loader,
+        objective,
+        optimizer,
+        scheduler,
+        epochs=hyperparameters.epochs,
+        grad_clip=hyperparameters.grad_clip,
+        accumulation=accumulation,
+        accelerator=accelerator,
+        distributed=distributed,
+        progress=progress and accelerator.is_local_main_process,
+        description=description,
+        step_callback=step_callback,
+        step_records=step_records,
+    )
     classifier = accelerator.unwrap_model(model)
     classifier.eval()
     # A caller's accelerator keeps references to what `prepare` saw (until its `free_memory()`);
     # one made here is dropped with everything it references when this function returns.
     return classifier
+
+
+def train_loop(
+    model: nn.Module,
+    parameters: Sequence[nn.Parameter],
+    batches: Batches,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epochs: int,
+    grad_clip: float | None = None,
+    accumulation: int = 1,
+    accelerator: Any | None = None,
+    distributed: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    description: str = "train",
+    leave: bool = False,
+    step_callback: StepCallback | None = None,
+    step_records: list[dict[str, float]] | None = None,
+) -> None:
+    """The one training loop: fine-tuning runs (`finetune`) and θ₀ pretraining (`pretrain`) both use it.
+
+    Each epoch iterates `batches` ({"pixel_values", "labels"} dicts: a DataLoader, or
+    `TensorBatches` over pre-encoded images); `objective(pixel_values, labels)` returns the loss.
+    Every `accumulation` batches (fewer at an epoch's end) make one optimizer step: gradients
+    clipped to `grad_clip`, `optimizer.step()`, `scheduler.step()`. With an `accelerator` the
+    backward pass, clipping, device and (for `distributed` DDP) gradient sync go through it;
+    without one, plain torch calls on `device`. Losses stay on the device until the end (one sync,
+    not one per step) unless `step_callback(step, loss)` needs each as it comes; `step_records`
+    then receives one {"step", "epoch", "loss", "learning_rate"} dict per step.
+    """
+    batches_per_epoch = len(batches)
+    total_steps = math.ceil(batches_per_epoch / accumulation) * epochs
+    bar = tqdm(
+        total=total_steps,
+        desc=description,
+        unit="step",
+        disable=not progress,
+        leave=leave,
+        dynamic_ncols=True,
+    )
+    backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
+    step_optimizer = _step_function(optimizer, accelerator)
+    clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
+    device = accelerator.device if accelerator is not None else device
+    losses: list[torch.Tensor] = []
+    schedule: list[tuple[int, float]] = []  # (epoch, learning rate) of each optimizer step
+    model.train()
+    for epoch in range(1, epochs + 1):
+        for index, batch in enumerate(batches):
+            group_start = index - index % accumulation
+            group_size = min(accumulation, batches_per_epoch - group_start)
+            is_step = index + 1 == group_start + group_size
+            sync = (
+                accelerator.no_sync(model)
+                if distributed and not is_step and accelerator is not None
+                else contextlib.nullcontext()
+            )
+            with sync:
+                loss = objective(batch["pixel_values"].to(device), batch["labels"].to(device))
+                backward(loss / group_size if group_size > 1 else loss)
+            if not is_step:
+                continue
+            if grad_clip is not None:
+                clip(parameters, grad_clip)
+            schedule.append((epoch, float(scheduler.get_last_lr()[0])))  # the rate this step uses
+            step_optimizer()
+            skipped = getattr(optimizer, "step_was_skipped", False)  # fp16 overflow (accelerate's scaler)
+            if not skipped:  # the schedule follows the real updates
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss.detach()
+            losses.append(loss)
+            bar.update(1)
+            if step_callback is not None:
+                step_callback(len(losses), float(loss))
+        if progress and losses:
+            bar.set_postfix_str(f"loss {float(losses[-1]):.4f}")
+    bar.close()
+    if step_records is not None and losses:
+        values = torch.stack(losses).tolist()
+        step_records.extend(
+            {"step": step, "epoch": step_epoch, "loss": value, "learning_rate": rate}
+            for step, ((step_epoch, rate), value) in enumerate(zip(schedule, values, strict=True), start=1)
+        )
+
+
+class TensorBatches:
+    """Shuffled mini-batches of pre-encoded images, re-shuffled (and re-augmented) every epoch.
+
+    Each pass draws `torch.randperm` from `generator`, then `transform(pixel_values, generator)`
+    (e.g. `pad_crop_flip`) per batch from the same generator, so the run is a function of its seed.
+    """
+
+    def __init__(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator,
+        transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.pixel_values, self.labels = pixel_values, labels
+        self.batch_size, self.generator, self.transform = batch_size, generator, transform
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = torch.randperm(len(self.labels), generator=self.generator)
+        for start in range(0, len(self.labels), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            pixel_values = self.pixel_values[batch]
+            if self.transform is not None:
+                pixel_values = self.transform(pixel_values, self.generator)
+            yield {"pixel_values": pixel_values, "labels": self.labels[batch]}
+
+
+def _step_function(optimizer: torch.optim.Optimizer, accelerator: Any | None) -> Callable[[], Any]:
+    """The optimizer step the loop calls: the wrapped optimizer's own when accelerate adds nothing.
+
+    accelerate's `AcceleratedOptimizer.step` matters with a gradient scaler (fp16) or on XLA;
+    otherwise it calls the wrapped optimizer's step after looking for the `lomo` package on disk
+    twice per call (uncached importlib `find_spec`, ~1 ms each: ~5% of a tiny model's step).
+    """
+    from accelerate.utils import DistributedType
+
+    inner = getattr(optimizer, "optimizer", None)
+    plain_types = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    if accelerator is None or inner is None or accelerator.scaler is not None:
+        return optimizer.step
+    return inner.step if accelerator.distributed_type in plain_types else optimizer.step
 
 
 def image_spec(classifier: nn.Module) -> ImageSpec:

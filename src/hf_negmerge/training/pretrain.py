@@ -15,12 +15,12 @@ trains it on every training class first:
 
 The result is written with `ImageClassifier.save_pretrained` to `output_dir/<arch>-<hash>`, the
 hash covering model config, class names, data fingerprint and training recipe; a folder that
-already holds `pretrain.json` is reused without training.
+already holds `pretrain.json` is reused without training, and so is a folder shipped in the
+package under the same name and settings (the built-in default's θ₀, `packaged.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..checkpoints import atomic_write_text
 from ..data.collate import encode_split
 from ..errors import ConfigError
-from .grid import canonical_json
+from .loop import TensorBatches, image_spec, train_loop
+from .packaged import find_packaged_original, settings_key
 
 PRETRAIN_RECORD_FILE = "pretrain.json"
 _RECIPE_VERSION = 3  # 2: fused AdamW; 3: the torch thread count is part of the key
@@ -122,11 +122,14 @@ def prepare_original_model(
     class_names: Sequence[str] | None = None,
     eval_dataset: Any | None = None,
     progress: bool = True,
+    use_packaged: bool = True,
 ) -> Path:
     """Train (or reuse) θ₀ on `dataset` (rows `image`, `label`) and return its classifier folder.
 
     `class_names` default to the dataset's ClassLabel names. `eval_dataset`, when given, is
     scored after training and its accuracy stored in `pretrain.json` (zero-shot for CLIP).
+    A folder cached under `output_dir` comes first, then (`use_packaged`) one shipped in the
+    package for exactly these settings (`packaged.py`, read-only), else θ₀ is trained here.
     """
     from ..data import require_class_names
     from ..data.loading import check_labels_in_range
@@ -176,10 +179,13 @@ def prepare_original_model(
 
         source = resolve_weights_source(model_config.name_or_path, model_config.revision)
         settings["source_sha256"] = source_weights_sha256(source)
-    digest = hashlib.sha256(canonical_json(settings).encode("utf-8")).hexdigest()[:12]
+    digest = settings_key(settings)
     target = Path(output_dir) / f"{model_config.architecture}-{digest}"
     if (target / PRETRAIN_RECORD_FILE).is_file():
         return target
+    packaged = find_packaged_original(target.name, digest, settings) if use_packaged else None
+    if packaged is not None:
+        return packaged
 
     started = time.time()
     classifier = build_classifier(model_config, names).to(device)  # a GPU when there is one
@@ -194,31 +200,30 @@ def prepare_original_model(
     )
     generator = torch.Generator().manual_seed(seed)
     fill = _padding_fill(classifier) if recipe.pad_crop_flip else None
-    classifier.train()
+    batches = TensorBatches(
+        pixels,
+        labels,
+        batch_size,
+        generator,
+        transform=None if fill is None else lambda inputs, rng: pad_crop_flip(inputs, fill, rng),
+    )
+    parameters = list(classifier.model.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        epochs_bar = tqdm(
-            range(epochs),
-            desc=f"θ₀ ({model_config.architecture})",
-            unit="epoch",
-            disable=not progress,
-            dynamic_ncols=True,
+        train_loop(
+            classifier,
+            parameters,
+            batches,
+            objective,
+            optimizer,
+            scheduler,
+            epochs=epochs,
+            grad_clip=1.0 if recipe.optimizer == "adamw" else None,
+            device=device,
+            progress=progress,
+            description=f"θ₀ ({model_config.architecture})",
+            leave=True,
         )
-        for _ in epochs_bar:
-            order = torch.randperm(len(labels), generator=generator)
-            for start in range(0, len(labels), batch_size):
-                batch = order[start : start + batch_size]
-                inputs = pixels[batch]
-                if fill is not None:
-                    inputs = pad_crop_flip(inputs, fill, generator)
-                loss = objective(inputs.to(device), labels[batch].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.optimizer == "adamw":
-                    torch.nn.utils.clip_grad_norm_(classifier.model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-            epochs_bar.set_postfix_str(f"loss {float(loss.detach()):.4f}", refresh=False)
     classifier.eval()
     if hasattr(classifier, "rebuild_head"):  # the zero-shot head follows the trained text tower
         classifier.rebuild_head()
@@ -265,8 +270,6 @@ def _optimizer_and_schedule(
 
 def _padding_fill(classifier: Any) -> torch.Tensor:
     """Per-channel value of a black (zero) pixel after the processor's normalisation."""
-    from .loop import image_spec
-
     spec = image_spec(classifier)
     if spec.mean is None:
         return torch.zeros(3)

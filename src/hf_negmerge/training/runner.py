@@ -29,11 +29,13 @@ the process coordination must be read together to see that no run is trained or 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,23 @@ class _Plan:
     train: list[str]
     fold_from_disk: list[str]
     reused: list[str]
+
+
+@contextlib.contextmanager
+def _long_lived_objects_frozen() -> Iterator[None]:
+    """Keep the `gc.collect()` in `accelerator.free_memory()` after each run to that run's objects.
+
+    Everything alive before the grid (imported modules, the data, θ₀) is moved out of the
+    collector's view for the grid's duration (`gc.freeze`), so each collection scans what the
+    run created instead of the whole heap: measured 0.3–0.8 s per run before, more than a tiny
+    run's training. Garbage from before the grid is collected first; `gc.unfreeze` ends it.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class GridRunner:
@@ -198,14 +217,15 @@ class GridRunner:
             disable=not (self.progress and accelerator.is_local_main_process),
             dynamic_ncols=True,
         )
-        for run_id in runs_bar:
-            final_loss = self._train_one(base, self.by_id[run_id], data_parallel=not sharded)
-            if final_loss is not None:
-                runs_bar.set_postfix_str(f"{run_id} final loss {final_loss:.4f}", refresh=False)
-            if not sharded:
-                if accelerator.is_main_process:
-                    self._fold(accumulator, [run_id])
-                accelerator.wait_for_everyone()
+        with _long_lived_objects_frozen():
+            for run_id in runs_bar:
+                final_loss = self._train_one(base, self.by_id[run_id], data_parallel=not sharded)
+                if final_loss is not None:
+                    runs_bar.set_postfix_str(f"{run_id} final loss {final_loss:.4f}", refresh=False)
+                if not sharded:
+                    if accelerator.is_main_process:
+                        self._fold(accumulator, [run_id])
+                    accelerator.wait_for_everyone()
 
         trained = _gather(accelerator, my_ids) if sharded else list(plan.train)
         accelerator.wait_for_everyone()
