@@ -46,8 +46,8 @@ setup(
             "hub/templates/*.md",
             "models/*.json",  # the ImageNet prompt templates and class names (data, not code)
             # the built-in default's θ₀ (~2 MB), built by scripts/build_default_original.py
-            "originals/*/*.json",
-            "originals/*/*.safetensors",
+            "packaged_originals/*/*.json",
+            "packaged_originals/*/*.safetensors",
         ]
     },
     python_requires=">=3.10",

@@ -2,8 +2,8 @@
 
 The default run (`hf-negmerge unlearn`, one torch thread) would otherwise spend most of a cold run
 training θ₀. This trains it once with the package's own `prepare_original_model` — the same
-arguments `pipeline.prepare_original` passes for the default recipe — at one torch thread, and
-writes `src/hf_negmerge/originals/<arch>-<key>/` (`training/packaged.py`). A run uses that folder
+arguments `originals.prepare_original` passes for the default recipe — at one torch thread, and
+writes `src/hf_negmerge/packaged_originals/<arch>-<key>/` (`training/packaged.py`). A run uses that folder
 only when its θ₀ cache key equals the folder's key exactly; `tests/test_packaged_original.py`
 checks that the default recipe's key still resolves to it, so rerun this script after any change
 to the default recipe, its data or θ₀'s training code (and delete the stale folder).
@@ -24,11 +24,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=None, help="recipe name or file (default: the built-in default)")
-    parser.add_argument("--destination", type=Path, default=None, help="default: the package's originals/")
+    parser.add_argument("--destination", type=Path, default=None, help="default: the package's packaged_originals/")
     args = parser.parse_args()
 
     from hf_negmerge.data import build_unlearning_data
-    from hf_negmerge.pipeline import model_label_names, original_training_split
+    from hf_negmerge.originals import model_label_names, original_training_split
     from hf_negmerge.recipe import load_recipe
     from hf_negmerge.threads import configure_torch_threads
     from hf_negmerge.training.packaged import write_packaged_original

@@ -1,7 +1,7 @@
 """θ₀ folders shipped inside the package, so the built-in default run need not train θ₀ first.
 
 `scripts/build_default_original.py` trains the default recipe's θ₀ with this package's own
-`prepare_original_model` (one torch thread) and writes it here as `originals/<arch>-<key>/`: the
+`prepare_original_model` (one torch thread) and writes it here as `packaged_originals/<arch>-<key>/`: the
 classifier folder, its `pretrain.json`, and `packaged.json` recording the cache key, the settings
 the key hashes (recipe fields, data fingerprint, torch thread count), the weights' sha256 and the
 torch version that built it. `prepare_original_model` uses such a folder, read-only, only when
@@ -29,8 +29,8 @@ _RECORD_ONLY = ("seconds", "train_accuracy", "eval_accuracy")  # pretrain.json f
 
 
 def packaged_originals_dir() -> Path:
-    """Where the package's θ₀ folders live (`hf_negmerge/originals`)."""
-    return Path(str(resources.files("hf_negmerge"))) / "originals"
+    """Where the package's θ₀ folders live (`hf_negmerge/packaged_originals`)."""
+    return Path(str(resources.files("hf_negmerge"))) / "packaged_originals"
 
 
 def settings_key(settings: dict[str, Any]) -> str:
