@@ -24,7 +24,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=None, help="recipe name or file (default: the built-in default)")
-    parser.add_argument("--destination", type=Path, default=None, help="default: the package's packaged_originals/")
+    parser.add_argument(
+        "--destination", type=Path, default=None, help="default: the package's packaged_originals/"
+    )
     args = parser.parse_args()
 
     from hf_negmerge.data import build_unlearning_data
