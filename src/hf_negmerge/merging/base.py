@@ -38,6 +38,11 @@ class TensorMerger(ABC):
 
     #: names of the tensor attributes that make up the running state (saved for resume)
     state_fields: tuple[str, ...] = ()
+    #: True when each element's result depends only on that element's task values (no whole-
+    #: tensor or session-wide numbers): a merger fed slices of a tensor then gives that slice of
+    #: the result, so the streaming merge folds cache-sized blocks. `_fold` must not keep a
+    #: reference to its argument (the caller reuses the buffer).
+    elementwise: bool = False
 
     def __init__(self, config: NegMergeConfig) -> None:
         self.config = config

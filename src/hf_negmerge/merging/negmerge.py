@@ -20,6 +20,8 @@ _MAX_RUNS = 2**24
 class NegMergeMerger(TensorMerger):
     """Unanimous sign consensus (paper) or, as a labelled extension, a k-of-n consensus."""
 
+    elementwise = True
+
     def _start(self, shape: torch.Size) -> None:
         self.total = torch.zeros(shape, dtype=self.dtype)
         self.sign_sum = torch.zeros(shape, dtype=torch.float32)
