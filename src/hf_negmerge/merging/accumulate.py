@@ -233,11 +233,11 @@ def merge_checkpoints(
     session = method.start(config)
     base_reader = CheckpointReader(base)
     readers = [CheckpointReader(path) for path in finetuned]
+    # runtime names need the model built from config.json (imports transformers): only for patterns
+    names = KeyNames.of_folder(base, base_reader.keys()) if config.include or config.exclude else None
     keys = [
         key
-        for key in select_keys(
-            base_reader.keys(), config.include, config.exclude, KeyNames.of_folder(base, base_reader.keys())
-        )
+        for key in select_keys(base_reader.keys(), config.include, config.exclude, names)
         if base_reader.dtype(key).is_floating_point
     ]
     if not keys:
