@@ -89,6 +89,17 @@ class TensorMerger(ABC):
         for name in self.state_fields:
             setattr(self, name, None)
 
+    def restart(self) -> None:
+        """Forget every fold but keep the state's memory, to fold another slice of the same shape.
+
+        The streaming merge reuses one merger per block size: fresh state per block made the
+        allocator hand memory back to the OS and fault it in again. Assumes `_start` makes zeros.
+        """
+        for name in self.state_fields:
+            getattr(self, name).zero_()
+        self.count = 0
+        self._sealed_result = None
+
     def state(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self.state_fields}
 
