@@ -445,9 +445,13 @@ def _table(rows: list[dict], idle_mb: float, checkpoint_mb: float) -> str:
             read_ratio = f"{wall[count, 'read'] / row['wall_s']:.2f}"
         if row["method"] == "ours" and (count, "naive") in wall:
             naive_ratio = f"{wall[count, 'naive'] / row['wall_s']:.2f}x"
-        throughput = (count + 1) * checkpoint_mb * MB / row["wall_s"] / 1e9
+        throughput = (
+            ""
+            if row["method"] == "alloc"
+            else f"{(count + 1) * checkpoint_mb * MB / row['wall_s'] / 1e9:.2f}"
+        )
         lines.append(
-            f"{count:>3}  {row['method']:<13} {row['wall_s']:>8.3f} {row['cpu_s']:>8.3f} {throughput:>6.2f} "
+            f"{count:>3}  {row['method']:<13} {row['wall_s']:>8.3f} {row['cpu_s']:>8.3f} {throughput:>6} "
             f"{row['peak_rss_mb']:>12.0f} {(row['peak_rss_mb'] - idle_mb) / checkpoint_mb:>16.2f} "
             f"{row['load_avg']:>5.2f} {read_ratio:>10} {naive_ratio:>11}"
         )
