@@ -221,8 +221,9 @@ def merge_checkpoints(
     Every folder is checked (keys, shapes) before any arithmetic, so a mismatch is reported
     with its file and key before minutes of work. Elementwise methods (NegMerge, uniform,
     MagMax) fold cache-sized blocks through all runs straight from the mapped files
-    (`streaming`); peak memory is the merged vector plus a few blocks and a bounded window of
-    mapped pages per worker. Whole-tensor methods (TIES) hold one tensor per run per worker.
+    (`streaming`); peak memory is the merged vector plus, per worker, a few blocks and at most
+    `streaming.RELEASE_BYTES` of mapped pages plus one block (and the kernel's look-ahead) per
+    run. Whole-tensor methods (TIES) hold one tensor per run per worker.
     `workers` threads fold tensors in parallel (default: torch's thread count; each torch op
     then runs on one thread while the merge lasts).
     """
