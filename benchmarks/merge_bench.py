@@ -1,10 +1,15 @@
-"""Benchmark: streaming NegMerge from disk against load-everything merges, for N checkpoints.
+"""Benchmark: streaming NegMerge from disk against the read floor and load-everything merges.
 
-Builds a ViT from a config (ViT-B/16 sizes by default, ≈86M float32 parameters), writes a base
-and N randomly perturbed copies with `save_pretrained` under a temporary folder, then times and
-measures the peak RSS of three ways to merge them, each in a FRESH interpreter so one method's
-peak cannot leak into another's:
+Builds a ViT from a config (hidden 768, 6 layers by default: ≈44M float32 parameters, 167 MiB
+per checkpoint), writes a base and N randomly perturbed copies with `save_pretrained` under a
+temporary folder, then times and measures the peak RSS of each method, each in a FRESH
+interpreter so one method's peak cannot leak into another's:
 
+* ``read``  — the floor: a plain read of every file (base + N runs) through the same
+  safetensors library (``safe_open(..., backend="pread").get_tensor`` for every key), nothing
+  computed; ``ours/read`` is ours' throughput over the same bytes as a fraction of it;
+* ``alloc`` — not a merge: allocating and first touching one merged vector's worth of float32
+  (what any merge must write, and a plain read need not), to show that share of the gap;
 * ``ours``  — ``hf_negmerge.merging.merge_checkpoints`` (tensor by tensor from disk);
 * ``naive`` — what a straightforward implementation does: load every state dict with
   ``safetensors.torch.load_file``, keep all task vectors, then per key ``torch.stack``, sign,
@@ -19,7 +24,8 @@ shows what a faster merge core costs; see docs/benchmarks.md. Correctness is che
 same run: ours must equal naive (``torch.allclose``), and peft must equal ours wherever ours
 kept an element (unanimous elements are a subset of TIES' majority with the same mean).
 
-    python benchmarks/merge_bench.py                 # N = 2, 8, 30 at ViT-B size (≈11 GB disk)
+    python benchmarks/merge_bench.py --threads 2 --repeats 3   # N = 2, 8, 16 (≈3 GB disk)
+    python benchmarks/merge_bench.py --layers 12 --sizes 2,8,30  # ViT-B size (≈11 GB disk)
     python benchmarks/merge_bench.py --quick         # seconds: tiny ViT, N = 2, 4
     python benchmarks/merge_bench.py --methods ours,ours-baseline --baseline-src /tmp/old/src
 """
@@ -107,6 +113,27 @@ def _load_task_vectors(base: str, finetuned: list[str]) -> tuple[list[str], list
     return keys, vectors
 
 
+def _run_read(base: str, finetuned: list[str]) -> dict:
+    """The floor: every tensor of every file read once through the library, nothing kept."""
+    from safetensors import safe_open
+
+    for folder in (base, *finetuned):
+        handle = safe_open(str(Path(folder) / WEIGHTS), framework="pt", backend="pread")
+        for key in handle.offset_keys():
+            handle.get_tensor(key)
+    return {}
+
+
+def _run_alloc(base: str, finetuned: list[str]) -> dict:
+    """What a merge must pay that a read does not: one merged vector's memory, first touched."""
+    import torch
+    from safetensors import safe_open
+
+    handle = safe_open(str(Path(base) / WEIGHTS), framework="pt", backend="pread")
+    sizes = {key: handle.get_slice(key).get_shape() for key in handle.offset_keys()}
+    return {key: torch.zeros(shape) for key, shape in sizes.items()}
+
+
 def _run_naive(base: str, finetuned: list[str]) -> dict:
     import torch
 
@@ -178,6 +205,8 @@ def _run_ours_fused(base: str, finetuned: list[str]) -> dict:
 
 
 METHODS: dict[str, Callable[[str, list[str]], dict]] = {
+    "read": _run_read,
+    "alloc": _run_alloc,
     "ours": _run_ours,
     "ours-baseline": _run_ours,  # the same call, importing hf_negmerge from --baseline-src
     "naive": _run_naive,
@@ -185,8 +214,13 @@ METHODS: dict[str, Callable[[str, list[str]], dict]] = {
     "ours-fused": _run_ours_fused,
 }
 
+#: methods that produce no merge (nothing to check for correctness)
+NOT_MERGES = ("read", "alloc")
+
 # modules each method needs, imported before the clock starts so import cost is not timed
 METHOD_IMPORTS: dict[str, tuple[str, ...]] = {
+    "read": ("safetensors",),
+    "alloc": ("safetensors",),
     "ours": ("hf_negmerge.merging",),
     "ours-baseline": ("hf_negmerge.merging",),
     "naive": ("safetensors.torch",),
@@ -212,7 +246,7 @@ def _measure(spec: dict) -> dict:
     peak = _peak_rss_mb()  # taken before saving: writing the result must not count
     kept = sum(int(torch.count_nonzero(value)) for value in merged.values())
     numel = sum(value.numel() for value in merged.values())
-    if spec.get("result"):
+    if spec.get("result") and merged and spec["method"] not in NOT_MERGES:
         save_file({key: value.contiguous() for key, value in merged.items()}, spec["result"])
     return {
         "wall_s": wall,
@@ -316,12 +350,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", type=_parse_sizes, default=[2, 8, 30], help="numbers of checkpoints N")
+    parser.add_argument("--sizes", type=_parse_sizes, default=[2, 8, 16], help="numbers of checkpoints N")
     parser.add_argument("--hidden-size", type=int, default=768, help="ViT hidden size (ViT-B: 768)")
-    parser.add_argument("--layers", type=int, default=12, help="ViT layers (ViT-B: 12)")
+    parser.add_argument("--layers", type=int, default=6, help="ViT layers (ViT-B: 12; default 6, 167 MiB)")
     parser.add_argument("--heads", type=int, default=None, help="attention heads (default hidden/64)")
     parser.add_argument("--intermediate-size", type=int, default=None, help="MLP size (default 4×hidden)")
-    parser.add_argument("--methods", default="ours,naive,peft", help="comma-separated: " + ", ".join(METHODS))
+    parser.add_argument(
+        "--methods", default="read,alloc,naive,ours", help="comma-separated: " + ", ".join(METHODS)
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of each method per N, interleaved; medians reported"
+    )
     parser.add_argument("--prototype", action="store_true", help="also time the 'ours-fused' prototype")
     parser.add_argument("--quick", action="store_true", help="smoke run: hidden 64, 2 layers, N = 2, 4")
     parser.add_argument(
@@ -370,25 +409,51 @@ def _estimated_mb(method: str, count: int, checkpoint_mb: float) -> float:
     return (count + 2) * checkpoint_mb if method in ("naive", "peft") else 3 * checkpoint_mb
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _summarise(runs: list[dict]) -> dict:
+    """One row from a method's repeats: median wall and CPU time, the highest peak RSS."""
+    first = runs[0]
+    return {
+        **first,
+        "wall_s": _median([run["wall_s"] for run in runs]),
+        "cpu_s": _median([run["cpu_s"] for run in runs]),
+        "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+        "load_avg": _median([run["load_avg"] for run in runs]),
+        "walls": [round(run["wall_s"], 3) for run in runs],
+    }
+
+
 def _table(rows: list[dict], idle_mb: float, checkpoint_mb: float) -> str:
+    """Medians per N and method; `GB/s` is the input (base + N files) over wall time."""
     header = (
-        f"{'N':>3}  {'method':<13} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'RSS/ckpt':>9} "
-        f"{'(RSS-idle)/ckpt':>16} {'naive/ours':>11}"
+        f"{'N':>3}  {'method':<13} {'wall s':>8} {'cpu s':>8} {'GB/s':>6} {'peak RSS MB':>12} "
+        f"{'(RSS-idle)/ckpt':>16} {'load':>5} {'ours/read':>10} {'naive/ours':>11}"
     )
     lines = [header, "-" * len(header)]
-    ours_wall = {row["n"]: row["wall_s"] for row in rows if row["method"] == "ours" and "wall_s" in row}
-    naive_wall = {row["n"]: row["wall_s"] for row in rows if row["method"] == "naive" and "wall_s" in row}
+    wall = {(row["n"], row["method"]): row["wall_s"] for row in rows if "wall_s" in row}
     for row in rows:
         if "skipped" in row:
             lines.append(f"{row['n']:>3}  {row['method']:<13} skipped: {row['skipped']}")
             continue
-        ratio = ""
-        if row["method"] == "ours" and row["n"] in naive_wall:
-            ratio = f"{naive_wall[row['n']] / ours_wall[row['n']]:.2f}x"
+        count, read_ratio, naive_ratio = row["n"], "", ""
+        if row["method"] == "ours" and (count, "read") in wall:
+            read_ratio = f"{wall[count, 'read'] / row['wall_s']:.2f}"
+        if row["method"] == "ours" and (count, "naive") in wall:
+            naive_ratio = f"{wall[count, 'naive'] / row['wall_s']:.2f}x"
+        throughput = (
+            ""
+            if row["method"] == "alloc"
+            else f"{(count + 1) * checkpoint_mb * MB / row['wall_s'] / 1e9:.2f}"
+        )
         lines.append(
-            f"{row['n']:>3}  {row['method']:<13} {row['wall_s']:>8.2f} {row['cpu_s']:>8.2f} {row['peak_rss_mb']:>12.0f} "
-            f"{row['peak_rss_mb'] / checkpoint_mb:>9.2f} {(row['peak_rss_mb'] - idle_mb) / checkpoint_mb:>16.2f} "
-            f"{ratio:>11}"
+            f"{count:>3}  {row['method']:<13} {row['wall_s']:>8.3f} {row['cpu_s']:>8.3f} {throughput:>6} "
+            f"{row['peak_rss_mb']:>12.0f} {(row['peak_rss_mb'] - idle_mb) / checkpoint_mb:>16.2f} "
+            f"{row['load_avg']:>5.2f} {read_ratio:>10} {naive_ratio:>11}"
         )
     return "\n".join(lines)
 
@@ -429,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"model: ViT hidden {args.hidden_size}, {args.layers} layers, {generated['parameters']:,} float "
             f"parameters, checkpoint {checkpoint_mb:.1f} MB; idle interpreter with torch: {idle_mb:.0f} MB; "
-            f"cache {args.cache}; torch threads {args.threads}; load average {os.getloadavg()[0]:.2f}",
+            f"cache {args.cache}; torch threads {args.threads}; repeats {args.repeats}; "
+            f"load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )
         rows: list[dict] = []
@@ -438,40 +504,42 @@ def main(argv: list[str] | None = None) -> int:
             finetuned = [str(root / f"ft{index:02d}") for index in range(count)]
             files = [root / "base" / WEIGHTS, *(Path(folder) / WEIGHTS for folder in finetuned)]
             results: dict[str, str] = {}
-            for method in args.methods:
-                need = _estimated_mb(method, count, checkpoint_mb)
-                available = _available_mb()
-                if need > available - args.memory_margin_mb:
-                    rows.append(
-                        {
-                            "n": count,
-                            "method": method,
-                            "skipped": f"needs ≈{need:.0f} MB, {available:.0f} MB available",
-                        }
+            measured: dict[str, list[dict]] = {}
+            for repeat in range(args.repeats):
+                for method in args.methods:
+                    need = _estimated_mb(method, count, checkpoint_mb)
+                    available = _available_mb()
+                    if need > available - args.memory_margin_mb:
+                        print(
+                            f"N={count} {method}: skipped, needs ≈{need:.0f} MB, {available:.0f} MB available"
+                        )
+                        continue
+                    _set_cache(files, warm=args.cache == "warm")
+                    keep_result = repeat == 0 and method not in NOT_MERGES
+                    result = root / f"result-{method}-{count}.safetensors"
+                    run = _spawn(
+                        "measure",
+                        source=args.baseline_src if method == "ours-baseline" else None,
+                        method=method,
+                        base=str(root / "base"),
+                        finetuned=finetuned,
+                        result=str(result) if keep_result else None,
+                        threads=args.threads,
                     )
-                    print(rows[-1], flush=True)
-                    continue
-                _set_cache(files, warm=args.cache == "warm")
-                result = root / f"result-{method}-{count}.safetensors"
-                measured = _spawn(
-                    "measure",
-                    source=args.baseline_src if method == "ours-baseline" else None,
-                    method=method,
-                    base=str(root / "base"),
-                    finetuned=finetuned,
-                    result=str(result),
-                    threads=args.threads,
-                )
-                results[method] = str(result)
-                rows.append({"n": count, "method": method, **measured})
-                print(
-                    {
-                        key: round(value, 3) if isinstance(value, float) else value
-                        for key, value in rows[-1].items()
-                    },
-                    flush=True,
-                )
-            if "ours" in results and len(results) > 1:
+                    if keep_result:
+                        results[method] = str(result)
+                    measured.setdefault(method, []).append(run)
+                    print(
+                        {"n": count, "method": method, "repeat": repeat}
+                        | {k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()},
+                        flush=True,
+                    )
+            for method in args.methods:
+                if method in measured:
+                    rows.append({"n": count, "method": method, **_summarise(measured[method])})
+                else:
+                    rows.append({"n": count, "method": method, "skipped": "not enough memory"})
+            if "ours" in results and len(results) > 1:  # correctness, from the first repeat
                 others = {name: path for name, path in results.items() if name != "ours"}
                 mode = {name: ("kept_only" if name == "peft" else "all") for name in others}
                 checks[count] = _spawn("compare", reference=results["ours"], others=others, mode=mode)

@@ -4,7 +4,9 @@ Merging 30 checkpoints must not hold 30 models in memory, so safetensors files a
 the library's `safe_open` and its `pread` backend: each tensor lands in a fresh buffer, nothing
 stays mapped, and peak memory is one tensor per open checkpoint rather than one model.
 Every tensor a reader returns belongs to the caller (tied `.bin` entries are copied on read),
-so changing it in place can never alter another key or a later read.
+so changing it in place can never alter another key or a later read. The streaming merge reads
+through `CheckpointReader.view` instead: zero-copy, read-only views of the mapped file whose
+pages it hands back (`release`) as it goes, so no copy is made and the resident set stays flat.
 
 Writes go to a temporary sibling first and are renamed into place, so an interrupted run never
 leaves a half-written file or folder behind; `atomic_output_dir` replaces an existing folder
@@ -19,12 +21,14 @@ every rerun in the package safe, so they stay in the one module every writer imp
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import mmap
 import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -74,6 +78,7 @@ class _SafetensorsFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._mapped: safe_open | None = None  # opened on the first `view`
         try:
             with path.open("rb"):  # an unreadable file is named as such, not as a corrupt header
                 pass
@@ -101,6 +106,50 @@ class _SafetensorsFile:
             return self._handle.get_tensor(key)
         except (SafetensorError, OSError) as error:
             raise CheckpointError(f"{self.path}: tensor '{key}' cannot be read ({error}).") from error
+
+    def view(self, key: str) -> torch.Tensor:
+        """A zero-copy view of the tensor in the mapped file (the library's `mmap` backend).
+
+        The mapping is private and shared by every view of this file: writing into a view would
+        change later views, so callers must only read it.
+        """
+        try:
+            if self._mapped is None:
+                self._mapped = safe_open(str(self.path), framework="pt", backend="mmap")
+            return self._mapped.get_tensor(key)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{self.path}: tensor '{key}' cannot be read ({error}).") from error
+
+
+def _libc_madvise() -> Callable[..., int] | None:
+    """libc's `madvise`, where the platform has it with `MADV_DONTNEED` (not on Windows)."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_MADVISE = _libc_madvise()
+
+
+def _release_mapped_pages(view: torch.Tensor) -> None:
+    """Unmap the whole pages under `view` from this process (they stay in the page cache).
+
+    Only for read-only views of a private file mapping: the pages were never written, so a later
+    access maps the same file contents again. Without `madvise` (Windows) nothing is released.
+    """
+    if _MADVISE is None or view.numel() == 0:
+        return
+    start = view.data_ptr()
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (start + view.numel() * view.element_size()) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        _MADVISE(first, last - first, mmap.MADV_DONTNEED)
 
 
 def resolve_weight_files(path: str | Path) -> list[Path]:
@@ -181,6 +230,24 @@ class CheckpointReader(Mapping[str, torch.Tensor]):
         if key in self._eager:
             return self._eager[key].clone()
         raise KeyError(key)
+
+    def view(self, key: str) -> torch.Tensor:
+        """The tensor without a copy, READ-ONLY: a view of the mapped safetensors file.
+
+        For the streaming merge, which reads each tensor once: no buffer is filled, and
+        `release` lets the pages already read leave the resident set. `.bin` entries are the
+        loaded tensors themselves. Never write into a view (use `reader[key]` for a copy).
+        """
+        if key in self._safetensors:
+            return self._safetensors[key].view(key)
+        if key in self._eager:
+            return self._eager[key]
+        raise KeyError(key)
+
+    def release(self, key: str, view: torch.Tensor) -> None:
+        """Unmap the pages under `view`, a slice of `self.view(key)` that will not be read again."""
+        if key in self._safetensors:
+            _release_mapped_pages(view)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._origin)

@@ -26,6 +26,7 @@ from ..key_space import KeyNames
 from ..task_vector import TaskVector, check_compatible, check_finite, select_keys
 from .base import MergeSession, TensorMerger, accumulation_dtype, get_merge_method
 from .stats import MergeStats, TensorStats
+from .streaming import fold_tensors
 
 _STATE_METADATA_KEY = "hf_negmerge_accumulator"
 
@@ -213,12 +214,18 @@ def merge_checkpoints(
     finetuned: Sequence[str | Path],
     config: MergeConfig | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> MergeResult:
     """Merge N fine-tuned checkpoint folders against their base, tensor by tensor from disk.
 
     Every folder is checked (keys, shapes) before any arithmetic, so a mismatch is reported
-    with its file and key before minutes of work. Peak memory: the merged vector plus one
-    tensor per run and the mergers' running state for one tensor.
+    with its file and key before minutes of work. Elementwise methods (NegMerge, uniform,
+    MagMax) fold cache-sized blocks through all runs straight from the mapped files
+    (`streaming`); peak memory is the merged vector plus, per worker, a few blocks and at most
+    `streaming.RELEASE_BYTES` of mapped pages plus one block (and the kernel's look-ahead) per
+    run. Whole-tensor methods (TIES) hold one tensor per run per worker.
+    `workers` threads fold tensors in parallel (default: torch's thread count; each torch op
+    then runs on one thread while the merge lasts).
     """
     config = config or NegMergeConfig()
     method = get_merge_method(config.method)
@@ -227,11 +234,11 @@ def merge_checkpoints(
     session = method.start(config)
     base_reader = CheckpointReader(base)
     readers = [CheckpointReader(path) for path in finetuned]
+    # runtime names need the model built from config.json (imports transformers): only for patterns
+    names = KeyNames.of_folder(base, base_reader.keys()) if config.include or config.exclude else None
     keys = [
         key
-        for key in select_keys(
-            base_reader.keys(), config.include, config.exclude, KeyNames.of_folder(base, base_reader.keys())
-        )
+        for key in select_keys(base_reader.keys(), config.include, config.exclude, names)
         if base_reader.dtype(key).is_floating_point
     ]
     if not keys:
@@ -249,27 +256,16 @@ def merge_checkpoints(
             )
     if session.needs_run_pass:
         _run_pass(session, base_reader, readers, keys)
-    mergers: dict[str, TensorMerger] = {}
-    squared_norms = [0.0] * len(readers)
-    for key in tqdm(keys, desc=f"{config.method} merge", unit="tensor", disable=not progress):
-        merger = session.new_merger()
-        base_tensor = base_reader[key].to(merger.dtype)
-        for index, reader in enumerate(readers):
-            tuned = reader[key]
-            converted = tuned.to(merger.dtype)
-            # subtract in place only into a copy made here, never into what the reader returned
-            task_tensor = converted.sub_(base_tensor) if converted is not tuned else tuned - base_tensor
-            squared_norm = float(torch.linalg.vector_norm(task_tensor, dtype=torch.float64)) ** 2
-            if not math.isfinite(squared_norm):  # only now pay for the exact scan that names the culprit
-                check_finite(base_tensor, key, base_reader.path_of(key))
-                check_finite(tuned, key, reader.path_of(key))
-            squared_norms[index] += squared_norm
-            merger.add(task_tensor)
-        merger.seal()
-        mergers[key] = merger
-    session.finish(mergers.values())
-    tensors = {key: merger.result() for key, merger in mergers.items()}
-    per_tensor = {key: _tensor_stats(merged) for key, merged in tensors.items()}
+    workers = torch.get_num_threads() if workers is None else workers
+    with tqdm(total=len(keys), desc=f"{config.method} merge", unit="tensor", disable=not progress) as bar:
+        folded = fold_tensors(keys, session, base_reader, readers, workers, bar)
+    session.finish(outcome.merger for outcome in folded.values() if outcome.merger is not None)
+    tensors, per_tensor, squared_norms = {}, {}, [0.0] * len(readers)
+    for key, outcome in folded.items():  # key order, whatever order the workers finished in
+        tensors[key] = outcome.merged if outcome.merger is None else outcome.merger.result()
+        per_tensor[key] = outcome.stats or _tensor_stats(tensors[key])
+        for index, value in enumerate(outcome.squared_norms):
+            squared_norms[index] += value
     return _assemble(tensors, per_tensor, config, squared_norms)
 
 

@@ -38,6 +38,11 @@ class TensorMerger(ABC):
 
     #: names of the tensor attributes that make up the running state (saved for resume)
     state_fields: tuple[str, ...] = ()
+    #: True when each element's result depends only on that element's task values (no whole-
+    #: tensor or session-wide numbers): a merger fed slices of a tensor then gives that slice of
+    #: the result, so the streaming merge folds cache-sized blocks. `_fold` must not keep a
+    #: reference to its argument (the caller reuses the buffer).
+    elementwise: bool = False
 
     def __init__(self, config: NegMergeConfig) -> None:
         self.config = config
@@ -83,6 +88,17 @@ class TensorMerger(ABC):
         self._sealed_result = self.result()
         for name in self.state_fields:
             setattr(self, name, None)
+
+    def restart(self) -> None:
+        """Forget every fold but keep the state's memory, to fold another slice of the same shape.
+
+        The streaming merge reuses one merger per block size: fresh state per block made the
+        allocator hand memory back to the OS and fault it in again. Assumes `_start` makes zeros.
+        """
+        for name in self.state_fields:
+            getattr(self, name).zero_()
+        self.count = 0
+        self._sealed_result = None
 
     def state(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self.state_fields}

@@ -24,6 +24,7 @@ class TaskArithmeticMerger(TensorMerger):
     """A single task vector, unchanged (Ilharco et al.'s negation uses it as is)."""
 
     state_fields = ("vector",)
+    elementwise = True
 
     def _start(self, shape: torch.Size) -> None:
         self.vector = torch.zeros(shape, dtype=self.dtype)
@@ -39,6 +40,7 @@ class UniformMerger(TensorMerger):
     """Plain mean of all task vectors (model soup of the fine-tuned runs)."""
 
     state_fields = ("total",)
+    elementwise = True
 
     def _start(self, shape: torch.Size) -> None:
         self.total = torch.zeros(shape, dtype=self.dtype)
@@ -255,6 +257,7 @@ class MagMaxMerger(TensorMerger):
     """
 
     state_fields = ("value",)
+    elementwise = True
 
     def _start(self, shape: torch.Size) -> None:
         self.value = torch.zeros(shape, dtype=self.dtype)

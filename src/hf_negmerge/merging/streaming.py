@@ -1,0 +1,174 @@
+"""The streaming merge's inner loop: every tensor folded from N checkpoints in cache-sized blocks.
+
+Folding a whole tensor per run streams the merger's state (sum, sign count) through main memory
+once per run. Folding one block of `BLOCK_ELEMENTS` through all N runs keeps the state, the task
+block and its signs in the core's cache, so main memory is read once: the checkpoints' pages,
+through zero-copy views of the mapped files (`CheckpointReader.view`), handed back as soon as
+they are folded so the resident set stays flat in N. Several tensors are folded at once, one per
+worker thread (torch releases the GIL). Methods whose result needs more than one element at a
+time (TIES' trim) fold whole tensors, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoints import CheckpointReader
+from ..task_vector import check_finite
+from .base import MergeSession, TensorMerger, accumulation_dtype
+from .stats import TensorStats
+
+#: elements per block: 1 MiB of float32, so a block's task values, sum and signs stay in L2/L3
+BLOCK_ELEMENTS = 1 << 18
+#: mapped bytes (all N + 1 files together) a worker reads before handing their pages back
+RELEASE_BYTES = 64 << 20
+
+
+@dataclass
+class FoldedTensor:
+    """One tensor's outcome and its runs' squared task-vector norms (in fold order).
+
+    Blocked methods give the merged values and their stats at once; whole-tensor methods give
+    the sealed merger, whose result waits for `MergeSession.finish`.
+    """
+
+    squared_norms: list[float]
+    merged: torch.Tensor | None = None
+    stats: TensorStats | None = None
+    merger: TensorMerger | None = None
+
+
+def _squared_norm(
+    task: torch.Tensor, key: str, base: torch.Tensor, tuned: torch.Tensor, sources: tuple[object, object]
+) -> float:
+    """‖task‖², which is also the finiteness test: a NaN or Inf input makes it non-finite.
+
+    Only then is the exact scan run, to name the file; a float32 overflow of the square (all
+    inputs finite) is recomputed in float64.
+    """
+    value = float(torch.dot(task, task))  # float32 per block, summed in float64: ~1e-6 relative
+    if math.isfinite(value):
+        return value
+    check_finite(base, key, sources[0])
+    check_finite(tuned, key, sources[1])
+    return float(torch.linalg.vector_norm(task, dtype=torch.float64)) ** 2
+
+
+def fold_blocks(
+    key: str, session: MergeSession, base: CheckpointReader, runs: Sequence[CheckpointReader]
+) -> FoldedTensor:
+    """Merge `key` block by block: each block through every run, then into the result.
+
+    The task values are computed exactly as the whole-tensor fold computes them (checkpoint
+    minus base, both in the accumulation dtype), and an elementwise merger folds the runs in the
+    same order, so the result is bit-identical.
+    """
+    dtype = accumulation_dtype(session.config)
+    base_view = base.view(key)
+    shape = base_view.shape
+    base_flat = base_view.reshape(-1)
+    tuned_flat = [run.view(key).reshape(-1) for run in runs]
+    size = base_flat.numel()
+    merged = torch.empty(size, dtype=dtype)
+    squared = [0.0] * len(runs)
+    kept, merged_squared = 0, 0.0
+    task = torch.empty(min(size, BLOCK_ELEMENTS), dtype=dtype)
+    release_every = max(BLOCK_ELEMENTS, RELEASE_BYTES // ((len(runs) + 1) * base_flat.element_size()))
+    released = 0
+    merger: TensorMerger | None = None
+    for start in range(0, size, BLOCK_ELEMENTS):
+        stop = min(size, start + BLOCK_ELEMENTS)
+        base_block = base_flat[start:stop].to(dtype)  # a view, not a copy, when the dtypes match
+        task_block = task[: stop - start]
+        if merger is None or merger.shape != (stop - start,):
+            merger = session.new_merger()
+        else:
+            merger.restart()
+        for index, (run, flat) in enumerate(zip(runs, tuned_flat, strict=True)):
+            tuned_block = flat[start:stop]
+            torch.sub(tuned_block.to(dtype), base_block, out=task_block)
+            sources = (base.path_of(key), run.path_of(key))
+            squared[index] += _squared_norm(task_block, key, base_block, tuned_block, sources)
+            merger.add(task_block)
+        block = merger.result()
+        merged[start:stop] = block
+        kept += int(block.bool().sum())  # = count_nonzero, which is ~10x slower on mixed zeros
+        merged_squared += float(torch.dot(block, block))
+        if stop - released >= release_every or stop == size:
+            for reader, flat in zip((base, *runs), (base_flat, *tuned_flat), strict=True):
+                reader.release(key, flat[released:stop])
+            released = stop
+    stats = TensorStats(size, kept, math.sqrt(merged_squared))
+    return FoldedTensor(squared, merged=merged.reshape(shape), stats=stats)
+
+
+def fold_whole(
+    key: str, session: MergeSession, base: CheckpointReader, runs: Sequence[CheckpointReader]
+) -> FoldedTensor:
+    """Merge `key` one whole tensor per run (methods that are not elementwise)."""
+    merger = session.new_merger()
+    base_tensor = base[key].to(merger.dtype)
+    squared = []
+    for run in runs:
+        tuned = run[key]
+        converted = tuned.to(merger.dtype)
+        # subtract in place only into a copy made here, never into what the reader returned
+        task_tensor = converted.sub_(base_tensor) if converted is not tuned else tuned - base_tensor
+        squared_norm = float(torch.linalg.vector_norm(task_tensor, dtype=torch.float64)) ** 2
+        if not math.isfinite(squared_norm):  # only now pay for the exact scan that names the culprit
+            check_finite(base_tensor, key, base.path_of(key))
+            check_finite(tuned, key, run.path_of(key))
+        squared.append(squared_norm)
+        merger.add(task_tensor)
+    merger.seal()
+    return FoldedTensor(squared, merger=merger)
+
+
+@contextlib.contextmanager
+def _one_thread_per_op() -> Iterator[None]:
+    """Each torch op on one thread while the merge lasts: the workers are the parallelism.
+
+    Splitting every block-sized op over intra-op threads costs a barrier per op, which on a
+    shared machine (threads descheduled while others spin) was 7-14x slower than one thread.
+    """
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def fold_tensors(
+    keys: Sequence[str],
+    session: MergeSession,
+    base: CheckpointReader,
+    runs: Sequence[CheckpointReader],
+    workers: int,
+    progress: tqdm | None = None,
+) -> dict[str, FoldedTensor]:
+    """Fold every key with `workers` threads (keys in parallel, results in key order)."""
+    fold: Callable[..., FoldedTensor] = fold_blocks if session.new_merger().elementwise else fold_whole
+    workers = max(1, min(workers, len(keys)))
+    folded: dict[str, FoldedTensor] = {}
+    with _one_thread_per_op(), ThreadPoolExecutor(workers) as pool:
+        results = (
+            pool.map(lambda key: fold(key, session, base, runs), keys)
+            if workers > 1
+            else (fold(key, session, base, runs) for key in keys)
+        )
+        for key, outcome in zip(keys, results, strict=True):
+            folded[key] = outcome
+            if progress is not None:
+                progress.update()
+    return folded
