@@ -108,6 +108,41 @@ def _check_tokenizer_matches(model: CLIPModel, tokenizer: Any, where: str) -> No
         )
 
 
+def zero_shot_head(
+    clip: CLIPModel,
+    tokenizer: Any,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    classes_per_batch: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """The one zero-shot head builder: per class, normalise each prompt's text embedding, average
+    over the templates, normalise again → FloatTensor[num_classes, projection_dim].
+
+    Differentiable under the caller's grad mode and in the model's current train/eval mode, so θ₀
+    pretraining trains the text tower through it and `compute_head` freezes it. Prompts are
+    tokenised `classes_per_batch` classes at a time (None: all in one batch).
+    """
+    names = list(class_names)
+    step = classes_per_batch or len(names)
+    max_length = min(tokenizer.model_max_length, clip.config.text_config.max_position_embeddings)
+    device = next(clip.parameters()).device
+    rows = []
+    for start in tqdm(range(0, len(names), step), desc="zero-shot head", disable=not progress):
+        chunk = names[start : start + step]
+        prompts = [template.replace("{}", name) for name in chunk for template in templates]
+        tokens = tokenizer(
+            prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
+        output = clip.get_text_features(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        )
+        embeddings = output if isinstance(output, torch.Tensor) else output.pooler_output
+        per_class = F.normalize(embeddings, dim=-1).view(len(chunk), len(templates), -1).mean(dim=1)
+        rows.append(F.normalize(per_class, dim=-1))
+    return torch.cat(rows)
+
+
 @register_classifier("clip")
 class CLIPZeroShotClassifier(ImageClassifier):
     """CLIPModel + frozen zero-shot head (buffer `zero_shot_head`: FloatTensor[num_classes, projection_dim])."""
@@ -139,31 +174,25 @@ class CLIPZeroShotClassifier(ImageClassifier):
     def compute_head(
         self, class_names: Sequence[str] | None = None, templates: Sequence[str] | None = None
     ) -> torch.Tensor:
-        """FloatTensor[num_classes, projection_dim]: per class, normalise each prompt embedding,
-        average over templates, normalise again. Defaults: this model's class names and templates
-        (another dataset, e.g. the control set, brings its own)."""
+        """The frozen head, FloatTensor[num_classes, projection_dim] (`zero_shot_head`, eval mode,
+        one class per text batch so ImageNet's 1000 × 80 prompts never sit in memory together).
+        Defaults: this model's class names and templates (another dataset, e.g. the control set,
+        brings its own)."""
         clip = self.clip_model
         names = self.class_names if class_names is None else list(class_names)
-        templates = self.config.prompt_templates if templates is None else list(templates)
-        max_length = min(self.tokenizer.model_max_length, clip.config.text_config.max_position_embeddings)
-        device = next(clip.parameters()).device
         was_training = clip.training
         clip.eval()
-        rows = []
         try:
-            for name in tqdm(names, desc="zero-shot head", disable=len(names) < _HEAD_PROGRESS_MIN_CLASSES):
-                prompts = [template.replace("{}", name) for template in templates]
-                tokens = self.tokenizer(
-                    prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-                ).to(device)
-                output = clip.get_text_features(
-                    input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-                )
-                embeddings = output if isinstance(output, torch.Tensor) else output.pooler_output
-                rows.append(F.normalize(F.normalize(embeddings, dim=-1).mean(dim=0), dim=-1))
+            return zero_shot_head(
+                clip,
+                self.tokenizer,
+                names,
+                self.config.prompt_templates if templates is None else list(templates),
+                classes_per_batch=1,
+                progress=len(names) >= _HEAD_PROGRESS_MIN_CLASSES,
+            )
         finally:
             clip.train(was_training)
-        return torch.stack(rows)
 
     def rebuild_head(self) -> None:
         """Recompute the head, e.g. after the text tower or the prompt templates changed."""

@@ -68,23 +68,14 @@ def _classification_objective(classifier: Any) -> Callable[[torch.Tensor, torch.
 
 
 def _clip_zero_shot_objective(classifier: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Zero-shot classification loss with a differentiable head (same recipe as the frozen head)."""
+    """Zero-shot classification loss through the head builder with gradients (text tower trains)."""
+    from ..models.clip import zero_shot_head
+
     clip = classifier.clip_model
     templates = classifier.config.prompt_templates
-    prompts = [template.replace("{}", name) for name in classifier.class_names for template in templates]
-    max_length = min(classifier.tokenizer.model_max_length, clip.config.text_config.max_position_embeddings)
-    tokens = classifier.tokenizer(
-        prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-    )
 
     def loss(pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        device = pixel_values.device
-        text = clip.get_text_features(
-            input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
-        )
-        text = text if isinstance(text, torch.Tensor) else text.pooler_output
-        text = F.normalize(text, dim=-1).view(len(classifier.class_names), len(templates), -1).mean(dim=1)
-        head = F.normalize(text, dim=-1)
+        head = zero_shot_head(clip, classifier.tokenizer, classifier.class_names, templates)
         image = clip.get_image_features(pixel_values=pixel_values)
         image = F.normalize(image if isinstance(image, torch.Tensor) else image.pooler_output, dim=-1)
         return F.cross_entropy(clip.logit_scale.exp() * image @ head.T, labels)
