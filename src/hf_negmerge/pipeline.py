@@ -39,8 +39,9 @@ from .originals import (
     prepare_retrained,
 )
 from .output_folder import WORK_DIR
-from .recipe import UnlearnRecipe, check_sources
+from .recipe import UnlearnRecipe
 from .results import UnlearningOutcome
+from .source_checks import check_sources
 
 
 def run_unlearning(

@@ -19,8 +19,9 @@ from .errors import ConfigError
 from .evaluation.engine import evaluation_count, keeps_run_vectors
 from .originals import original_training_split
 from .output_folder import WORK_DIR
-from .recipe import UnlearnRecipe, check_sources
+from .recipe import UnlearnRecipe
 from .results import METRICS_FILE
+from .source_checks import check_sources
 
 logger = logging.getLogger(__name__)
 
