@@ -300,3 +300,36 @@ def test_push_refuses_a_base_model_whose_config_contradicts_the_model(tmp_path: 
     staging.mkdir()
     with pytest.raises(ConfigError, match="hidden_size: 999 vs 32"):
         prepare_upload_folder(out, staging, base_model="bob/wide-vit", include_vector=False)
+
+
+def test_license_from_the_hub_is_one_metadata_request_that_fails_quietly(monkeypatch) -> None:
+    """Online, the license comes from `model_info`'s card data (one request with our timeout, no
+    download back-off); an unreachable Hub leaves it unset at once; offline nothing is asked."""
+    from types import SimpleNamespace
+
+    from hf_negmerge.hub import push
+
+    calls = []
+
+    class Api:
+        def __init__(self, answer):
+            self.answer = answer
+
+        def model_info(self, repo_id, timeout=None):
+            calls.append((repo_id, timeout))
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return SimpleNamespace(card_data=self.answer)
+
+    monkeypatch.setenv("HF_NEGMERGE_HUB_TIMEOUT", "7")
+    monkeypatch.setattr(push, "hub_offline", lambda: False)
+    monkeypatch.setattr(push, "hub_client", lambda: Api(SimpleNamespace(license="apache-2.0")))
+    assert push._inherited_license("alice/base", online=True) == "apache-2.0"
+    assert calls == [("alice/base", 7.0)]
+    monkeypatch.setattr(push, "hub_client", lambda: Api(ConnectionError("no route")))
+    assert push._inherited_license("alice/base", online=True) is None
+    monkeypatch.setattr(push, "hub_client", lambda: Api(None))  # a repo without a card
+    assert push._inherited_license("alice/base", online=True) is None
+    monkeypatch.setattr(push, "hub_offline", lambda: True)
+    assert push._inherited_license("alice/base", online=True) is None
+    assert len(calls) == 3

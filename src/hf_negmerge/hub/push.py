@@ -21,7 +21,7 @@ from ..errors import CheckpointError, ConfigError
 from ..output_folder import MANIFEST_FILE, verify_output_folder
 from ..results import METRICS_FILE, RunResults
 from ..task_vector import MERGED_VECTOR_NAME, TaskVector
-from ._connection import hub_offline
+from ._connection import bounded_session, hub_attempts, hub_client, hub_offline, hub_timeout
 from ._upload import check_repo_id, upload_folder_to_repo
 from .card import CARD_NAME, UnlearningCardData, task_for_architectures, write_model_card
 from .card_data import first_base_model
@@ -136,7 +136,13 @@ def _inherited_license(base_model: str | None, online: bool) -> str | None:
     cached = None if local.is_file() else try_to_load_from_cache(base_model, CARD_NAME)
     source: str | Path | None = local if local.is_file() else cached if isinstance(cached, str) else None
     if source is None and online and not hub_offline():
-        source = base_model
+        # one metadata request (the card's data rides along), not a card download: huggingface_hub
+        # retries downloads with back-off (≈ 23 s) when the Hub cannot be reached
+        try:
+            data = hub_client().model_info(base_model, timeout=hub_timeout()).card_data
+        except Exception:  # unreachable, missing or private: the license stays unset
+            return None
+        return getattr(data, "license", None) if data is not None else None
     if source is None:
         return None
     try:
@@ -260,11 +266,16 @@ def push_unlearned_model(
     be reached; the output folder is left exactly as it was.
     """
     check_repo_id(repo_id)
+    timeout = hub_timeout()  # a bad HF_NEGMERGE_HUB_* setting is named before any work or request
+    hub_attempts()
     output_dir = Path(output_dir)
     # assembled in the system temp folder, never beside the user's folder; a killed push's
     # leftovers are removed by the next push
     with owned_scratch_folder(PUSH_SCRATCH_PREFIX) as staging:
-        card_data = _assemble(output_dir, staging, repo_id, include_vector, card_data, base_model, license)
+        with bounded_session(timeout):  # the base model's card and config lookups wait no longer
+            card_data = _assemble(
+                output_dir, staging, repo_id, include_vector, card_data, base_model, license
+            )
         scale = card_data.scale
         message = commit_message or (
             f"Upload NegMerge-unlearned model (λ={scale})"
