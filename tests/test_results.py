@@ -141,6 +141,14 @@ def test_a_tiny_merged_vector_warns_with_its_share_of_the_runs_norm() -> None:
         at_ratio.assess("class")  # exactly 5%: not tiny
 
 
+def test_no_forgetting_without_another_explanation_warns_what_to_try() -> None:
+    # the LoRA case at a normal vector size: qualified λs, forget accuracy unmoved
+    outcome = _outcome(_method("negmerge", GOOD, {"forget_accuracy": 95.6}))
+    with pytest.warns(OutcomeWarning, match=r"moved the weights too little.*digits/lora"):
+        outcome.assess("class")
+    assert outcome.main.status == NOT_UNLEARNED and len(outcome.warnings) == 1
+
+
 # -- best single run ---------------------------------------------------------------------------------------
 def test_best_single_run_is_chosen_among_runs_whose_lambda_qualified() -> None:
     unqualified = _method("a", [(0.0, 97.0, 96.0), (1.0, 1.0, 50.0)], {"forget_accuracy": 1.0}, "a")

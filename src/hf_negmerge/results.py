@@ -201,6 +201,16 @@ def tiny_vector_warning(result_norm: float, input_norms: Sequence[float], label:
     )
 
 
+def weak_forgetting_warning(label: str) -> str:
+    """What to try when no qualifying λ forgot enough and neither the grid nor the vector is to blame."""
+    return (
+        f"{label}: no λ that kept the retain constraint lowered the forget accuracy far enough; the "
+        "fine-tuning runs probably moved the weights too little. Raise their learning rate or epochs "
+        "(LoRA runs usually need several times the full fine-tuning learning rate: see the digits/lora "
+        "recipe), or relax merge.retain_ratio."
+    )
+
+
 @dataclass
 class UnlearningOutcome:
     """Everything a run measured, with the live merged vector; `RunResults` is its JSON record."""
@@ -242,6 +252,8 @@ class UnlearningOutcome:
             tiny_vector_warning(stats.result_norm, stats.input_norms, self.main.label),
         ]
         self.warnings = [message for message in found if message]
+        if self.main.status == NOT_UNLEARNED and not self.warnings:  # no other advice: say what to try
+            self.warnings.append(weak_forgetting_warning(self.main.label))
         for message in self.warnings:
             warnings.warn(message, OutcomeWarning, stacklevel=2)
 
@@ -493,4 +505,5 @@ __all__ = [
     "forget_criterion",
     "grid_edge_warning",
     "tiny_vector_warning",
+    "weak_forgetting_warning",
 ]
