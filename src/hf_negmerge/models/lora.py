@@ -24,7 +24,7 @@ def apply_lora(
 ) -> None:
     """Wrap `classifier.model` with peft LoRA adapters so that only the adapters train.
 
-    `target_modules`: short Linear names (default per architecture: `q_proj`, `v_proj`) limited
+    `target_modules`: short Linear names (default: every Linear of the blocks, `default_lora_targets`) limited
     to the fine-tuned part (CLIP: vision tower only), or a raw peft regex string.
     The adapter scale is alpha / rank.
     """
