@@ -89,7 +89,11 @@ def test_dry_run_budget_of_the_default_recipe(capsys):
     trained += sum(p.numel() for name, p in model.named_parameters() if name.startswith("classifier"))
     assert numbers["disk"][1:] == ("6", f"{trained:,}")
     assert numbers["disk"][0] == f"{6 * trained * 4 / 1e6:.1f} MB"
-    assert re.search(r"time: ≈ [\d.]+ min on 1 CPU thread", text)
+    time = re.search(r"time: ≈ ([\d.]+) min on 1 CPU thread .*, of which θ₀ ≈ ([\d.]+) min: none when", text)
+    from hf_negmerge.plan import ORIGINAL_STEPS_PER_SECOND
+
+    theta_minutes = 40 * math.ceil(theta_rows / 32) / ORIGINAL_STEPS_PER_SECOND["vit"] / 60
+    assert time and float(time.group(2)) == round(theta_minutes, 1) < float(time.group(1))
     assert "download:" not in text  # built-in data, tiny model: nothing to fetch
 
 

@@ -140,6 +140,11 @@ class PlanBudget:
             return None
         return BYTES_PER_PARAMETER * self.trained_parameters * len(self.runs)
 
+    def original_seconds(self) -> float | None:
+        """The θ₀ training part of `seconds()` (0 when θ₀ is given)."""
+        rate = ORIGINAL_STEPS_PER_SECOND.get(self.tiny or "")
+        return None if rate is None else (self.original_steps or 0) / rate
+
     def seconds(self) -> float | None:
         """Rough time on one CPU thread for tiny models; None where no throughput was measured."""
         rates = [table.get(self.tiny or "") for table in (STEPS_PER_SECOND, ORIGINAL_STEPS_PER_SECOND)]
@@ -194,9 +199,14 @@ class PlanBudget:
         )
         if self.keep_run_vectors:
             lines.append("    (comparison: [] does not keep them; the merge itself needs only a running sum)")
-        seconds = self.seconds()
+        seconds, original = self.seconds(), self.original_seconds()
         lines.append(
             f"  time: ≈ {seconds / 60:.1f} min on 1 CPU thread (docs/benchmarks.md throughput table)"
+            + (
+                f", of which θ₀ ≈ {original / 60:.1f} min: none when it is cached or shipped with the package"
+                if original
+                else ""
+            )
             if seconds is not None
             else "  time: no measured throughput for this model and device (docs/benchmarks.md); "
             "time one run with grid.axes limited to one point"
