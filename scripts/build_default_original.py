@@ -1,8 +1,8 @@
 """Train the built-in default recipe's θ₀ and ship it as package data.
 
 The default run (`hf-negmerge unlearn`, one torch thread) would otherwise spend most of a cold run
-training θ₀. This trains it once with the package's own `prepare_original_model` — the same
-arguments `originals.prepare_original` passes for the default recipe — at one torch thread, and
+training θ₀. This trains it once with the run's own θ₀ stage (`originals.prepare_original`, with
+an empty cache and the packaged copy ignored) at one torch thread, and
 writes `src/hf_negmerge/packaged_originals/<arch>-<key>/` (`training/packaged.py`). A run uses that folder
 only when its θ₀ cache key equals the folder's key exactly; `tests/test_packaged_original.py`
 checks that the default recipe's key still resolves to it, so rerun this script after any change
@@ -30,33 +30,25 @@ def main() -> None:
     args = parser.parse_args()
 
     from hf_negmerge.data import build_unlearning_data
-    from hf_negmerge.originals import model_label_names, original_training_split
+    from hf_negmerge.originals import model_label_names, prepare_original
     from hf_negmerge.recipe import load_recipe
     from hf_negmerge.threads import configure_torch_threads
     from hf_negmerge.training.packaged import write_packaged_original
-    from hf_negmerge.training.pretrain import prepare_original_model
 
     threads = configure_torch_threads()
     if threads != 1:
         raise SystemExit(
             f"OMP_NUM_THREADS={threads}: the packaged θ₀ is built at one thread (the default run's)."
         )
-    recipe = load_recipe(args.recipe)
-    if not recipe.original.train or recipe.original.path is not None:
-        raise SystemExit("This recipe does not train θ₀ (original.train is false or original.path is set).")
-    data = build_unlearning_data(recipe.data, model_label_names(recipe))
     with tempfile.TemporaryDirectory() as cache:
-        trained = prepare_original_model(
-            recipe.model,
-            original_training_split(recipe, data),
-            cache,
-            epochs=recipe.original.epochs,
-            learning_rate=recipe.original.learning_rate,
-            batch_size=recipe.original.batch_size,
-            seed=recipe.seed,
-            class_names=data.class_names,
-            use_packaged=False,
-        )
+        # the run's own θ₀ stage, with an empty cache and the packaged copy ignored: what a run trains
+        recipe = load_recipe(args.recipe, [f"original.cache_dir={cache}"])
+        if not recipe.original.train or recipe.original.path is not None:
+            raise SystemExit(
+                "This recipe does not train θ₀ (original.train is false or original.path is set)."
+            )
+        data = build_unlearning_data(recipe.data, model_label_names(recipe))
+        trained = prepare_original(recipe, data, Path(cache), progress=True, use_packaged=False)
         target = write_packaged_original(trained, "scripts/build_default_original.py", args.destination)
     size = sum(path.stat().st_size for path in target.iterdir())
     print(f"wrote {target} ({size / 2**20:.2f} MiB)")

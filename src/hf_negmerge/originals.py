@@ -152,8 +152,13 @@ def _source_record(recipe: UnlearnRecipe, class_names: list[str]) -> dict[str, A
     }
 
 
-def prepare_original(recipe: UnlearnRecipe, data: UnlearningData, work: Path, progress: bool) -> Path:
+def prepare_original(
+    recipe: UnlearnRecipe, data: UnlearningData, work: Path, progress: bool, use_packaged: bool = True
+) -> Path:
     """θ₀'s classifier folder: given, trained here (cached), or built from `model` and saved.
+
+    `use_packaged=False` trains even when the package ships this θ₀ (how
+    `scripts/build_default_original.py` builds it).
 
     A folder built from `model` in an earlier run is reused only if the model's weights and
     settings are unchanged; otherwise the runs beside it belong to another θ₀ and this refuses.
@@ -183,6 +188,7 @@ def prepare_original(recipe: UnlearnRecipe, data: UnlearningData, work: Path, pr
             seed=recipe.seed,
             class_names=data.class_names,
             progress=progress,
+            use_packaged=use_packaged,
         )
     target = work / "original"
     source = json.loads(json.dumps(_source_record(recipe, data.class_names)))
