@@ -12,6 +12,7 @@ import fnmatch
 import functools
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -176,17 +177,28 @@ def test_set_class_names_builds_the_head_for_the_new_label_set():
 # ----- fine-tuned part -------------------------------------------------------------------------
 
 
-def test_only_vision_tower_trains_by_default():
-    classifier = tiny_clip()
+def test_clip_trains_the_authors_set_by_default_and_the_whole_vision_tower_when_asked():
+    attention = re.compile(r"\.self_attn\.(q_proj|k_proj|v_proj|out_proj)\.")
+    classifier = tiny_clip()  # the authors' trained set: vision tower minus attention, plus projection
+    assert (classifier.config.freeze_attention, classifier.config.train_projection) == (True, True)
     trainable = {name for name, p in classifier.model.named_parameters() if p.requires_grad}
     everything = {name for name, _ in classifier.model.named_parameters()}
+    assert trainable == {
+        name
+        for name in everything
+        if (name.startswith("vision_model.") and not attention.search(name))
+        or name.startswith("visual_projection.")
+    }
+    whole = tiny_clip(freeze_attention=False, train_projection=False)
+    trainable = {name for name, p in whole.model.named_parameters() if p.requires_grad}
     assert trainable == {name for name in everything if name.startswith("vision_model.")}
     vit = tiny_vit()
     assert all(p.requires_grad for p in vit.model.parameters())
+    assert (vit.config.freeze_attention, vit.config.train_projection) == (False, False)
 
 
 def test_freeze_attention_freezes_visual_attention_projections(tmp_path):
-    classifier = tiny_clip(freeze_attention=True)
+    classifier = tiny_clip(freeze_attention=True, train_projection=False)
     attention = {
         name: parameter
         for name, parameter in classifier.model.named_parameters()
@@ -354,7 +366,7 @@ def test_preprocess_gives_model_sized_rgb_tensors(architecture):
 
 @pytest.mark.parametrize("architecture", ["clip", "vit"])
 def test_lora_trains_only_adapters_and_merges_to_scaling_b_a(tmp_path, architecture):
-    classifier = tiny_clip() if architecture == "clip" else tiny_vit()
+    classifier = tiny_clip(freeze_attention=False) if architecture == "clip" else tiny_vit()
     base = checkpoint_tensors(classifier.model, tmp_path / "base")
     rank, alpha = 2, 8.0
     apply_lora(classifier, rank=rank, alpha=alpha)

@@ -160,7 +160,7 @@ def base_dirs(digits_data, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("originals")
     configs = {
-        "clip": ModelConfig(architecture="clip", freeze_attention=True),
+        "clip": ModelConfig(architecture="clip", freeze_attention=True, train_projection=False),
         "vit": ModelConfig(architecture="vit"),
     }
     for name, config in configs.items():

@@ -54,15 +54,19 @@ class ModelConfig:
         default_factory=lambda: list(DEFAULT_PROMPT_TEMPLATES),
         metadata={"help": "CLIP zero-shot prompts; '{}' is replaced by the class name."},
     )
-    freeze_attention: bool = field(
-        default=False,
+    freeze_attention: bool | None = field(
+        default=None,
         metadata={
-            "help": "CLIP: freeze the visual attention projections (q/k/v/out), as the authors' code does."
+            "help": "CLIP: freeze the visual attention projections (q/k/v/out), as the authors' code does. "
+            "None: True for CLIP (the authors' trained set), False otherwise."
         },
     )
-    train_projection: bool = field(
-        default=False,
-        metadata={"help": "CLIP: also fine-tune visual_projection (the image embedding projection)."},
+    train_projection: bool | None = field(
+        default=None,
+        metadata={
+            "help": "CLIP: also fine-tune visual_projection (the image embedding projection), as the "
+            "authors' code does. None: True for CLIP, False otherwise."
+        },
     )
     trust_remote_code: bool = field(
         default=False,
@@ -126,6 +130,11 @@ class ModelConfig:
                 raise ConfigError(
                     f"Prompt template {template!r} must be a string with exactly one '{{}}' for the class name."
                 )
+        for flag in ("freeze_attention", "train_projection"):
+            if getattr(self, flag) is None:  # CLIP fine-tunes the authors' trained set unless told
+                # otherwise; it also unlearned far more reliably than the whole vision tower on the
+                # digits sweep (docs/scenarios.md)
+                setattr(self, flag, self.architecture == "clip")
         for flag in ("freeze_attention", "train_projection", "trust_remote_code", "replace_head"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"ModelConfig.{flag} must be True or False, got {getattr(self, flag)!r}.")
