@@ -27,7 +27,7 @@ from pathlib import Path
 
 def main() -> None:
     from hf_negmerge.threads import configure_torch_threads
-    from hf_negmerge.trials import run_trials, summarise, trials_for, write_summary
+    from hf_negmerge.trials import run_trials, summarise, trial_line, trials_for, write_summary
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="default", help="built-in recipe name or YAML path")
@@ -52,13 +52,7 @@ def main() -> None:
     started = time.perf_counter()
 
     def report(record: dict) -> None:
-        row = record["methods"][record["main"]]
-        print(
-            f"{record['trial']}: {time.perf_counter() - started:.0f} s elapsed; {record['main']} forget "
-            f"{row['forget_accuracy']:.1f}, retain {row['retain_accuracy']:.1f} "
-            f"(original {record['original']['retain_accuracy']:.1f}); status: {record['status']}",
-            flush=True,
-        )
+        print(f"{trial_line(record)} ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
 
     trials = trials_for(args.seeds, args.classes)
     records = run_trials(

@@ -82,6 +82,15 @@ def trial_record(trial: Trial, output_dir: Path) -> dict[str, Any]:
     }
 
 
+def trial_line(record: dict[str, Any]) -> str:
+    """One line as a trial finishes: the main method's test numbers and its status."""
+    row = record["methods"][record["main"]]
+    return (
+        f"{record['trial']}: {record['main']} forget {row['forget_accuracy']:.2f}, retain "
+        f"{row['retain_accuracy']:.2f} (original {record['original']['retain_accuracy']:.2f}); {record['status']}"
+    )
+
+
 def _method_name(label: str) -> str:
     """'task_arithmetic (best: ra-m1-n1-…)' → 'task_arithmetic (best)': comparable across trials."""
     return label.split(" (best")[0] + " (best)" if "(best" in label else label

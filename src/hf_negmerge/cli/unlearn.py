@@ -128,7 +128,7 @@ def _run_trials(
 
     from ..plan import describe_plan
     from ..threads import configure_torch_threads
-    from ..trials import run_trials, summarise, write_summary
+    from ..trials import run_trials, summarise, trial_line, write_summary
 
     root = Path(recipe.output_dir)
     names = ", ".join(f"{root / trial.name}" for trial in trials)
@@ -151,14 +151,15 @@ def _run_trials(
             warnings.simplefilter("ignore", OutcomeWarning)  # each trial's status is in the table
             return run_unlearning(trial_recipe, progress=console.progress, overwrite=args.overwrite)
 
-    def report(record: dict[str, Any]) -> None:
-        row = record["methods"][record["main"]]
-        console.say(
-            f"{record['trial']}: {record['main']} forget {row['forget_accuracy']:.2f}, retain "
-            f"{row['retain_accuracy']:.2f} (original {record['original']['retain_accuracy']:.2f}); {record['status']}"
-        )
-
-    records = run_trials(args.config, overrides, trials, root, args.seed_keys, run=run, on_trial=report)
+    records = run_trials(
+        args.config,
+        overrides,
+        trials,
+        root,
+        args.seed_keys,
+        run=run,
+        on_trial=lambda r: console.say(trial_line(r)),
+    )
     if not console.main:
         return 0
     table = summarise(records)
