@@ -38,8 +38,10 @@ def checkpoints(tmp_path):
 
 @pytest.mark.parametrize("method", ["negmerge", "uniform", "magmax"])
 @pytest.mark.parametrize("workers", [1, 3])
-def test_blocks_give_the_in_memory_fold_bit_for_bit(checkpoints, monkeypatch, method, workers):
+@pytest.mark.parametrize("compiled", ["1", "0"], ids=["kernel-if-built", "torch-fold"])
+def test_blocks_give_the_in_memory_fold_bit_for_bit(checkpoints, monkeypatch, method, workers, compiled):
     root, runs = checkpoints
+    monkeypatch.setenv("HF_NEGMERGE_KERNEL", compiled)  # NegMerge: the compiled fold, or the generic one
     monkeypatch.setattr(streaming, "BLOCK_ELEMENTS", 4)  # many blocks, ragged tails, a scalar
     monkeypatch.setattr(streaming, "RELEASE_BYTES", 64)  # pages handed back after every block
     config = NegMergeConfig(method=method)

@@ -29,7 +29,9 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -67,6 +69,41 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+@dataclass(frozen=True)
+class RawFile:
+    """An open safetensors file and the byte offset of each tensor's data."""
+
+    handle: BinaryIO
+    offsets: dict[str, int]
+
+
+@dataclass(frozen=True)
+class RawLocation:
+    """A tensor's bytes in a file: `descriptor` at `offset`, for `os.preadv` into a buffer."""
+
+    descriptor: int
+    offset: int
+    path: Path
+    key: str
+
+    def read_exactly(self, target: memoryview, start: int, done: int = 0) -> None:
+        """Fill `target` with the bytes at `start` of the tensor, `done` of them already read.
+
+        `os.preadv` may return fewer bytes than asked (signals, network file systems); a read
+        that returns nothing means the file is shorter than its header says.
+        """
+        while done < len(target):
+            try:
+                count = os.preadv(self.descriptor, [target[done:]], self.offset + start + done)
+            except OSError as error:
+                raise CheckpointError(
+                    f"{self.path}: tensor '{self.key}' cannot be read ({error})."
+                ) from error
+            if count == 0:
+                raise CheckpointError(f"{self.path}: tensor '{self.key}' ends early (truncated file).")
+            done += count
+
+
 class _SafetensorsFile:
     """One safetensors file opened with the library's own `safe_open` (pread backend).
 
@@ -79,6 +116,7 @@ class _SafetensorsFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._mapped: safe_open | None = None  # opened on the first `view`
+        self._raw: RawFile | None = None  # opened on the first `locate`
         try:
             with path.open("rb"):  # an unreadable file is named as such, not as a corrupt header
                 pass
@@ -106,6 +144,21 @@ class _SafetensorsFile:
             return self._handle.get_tensor(key)
         except (SafetensorError, OSError) as error:
             raise CheckpointError(f"{self.path}: tensor '{key}' cannot be read ({error}).") from error
+
+    def locate(self, key: str) -> RawLocation:
+        """Where the tensor's bytes are, for reads straight into the caller's buffer (`RawLocation`).
+
+        Offsets come from the header the library has already validated (`__init__`): the data
+        section starts after the 8-byte length and the JSON, each tensor at its `data_offsets[0]`.
+        """
+        if self._raw is None:
+            handle = self.path.open("rb", buffering=0)
+            header_size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_size))
+            header.pop("__metadata__", None)
+            offsets = {name: 8 + header_size + entry["data_offsets"][0] for name, entry in header.items()}
+            self._raw = RawFile(handle, offsets)
+        return RawLocation(self._raw.handle.fileno(), self._raw.offsets[key], self.path, key)
 
     def view(self, key: str) -> torch.Tensor:
         """A zero-copy view of the tensor in the mapped file (the library's `mmap` backend).
@@ -242,6 +295,18 @@ class CheckpointReader(Mapping[str, torch.Tensor]):
             return self._safetensors[key].view(key)
         if key in self._eager:
             return self._eager[key]
+        raise KeyError(key)
+
+    def locate(self, key: str) -> RawLocation | None:
+        """Where the tensor's bytes are in its safetensors file; None for `.bin` entries.
+
+        For the compiled streaming merge, which reads blocks straight into buffers it reuses
+        (`RawLocation.read_exactly`): no tensor-sized memory is created and nothing is mapped.
+        """
+        if key in self._safetensors:
+            return self._safetensors[key].locate(key)
+        if key in self._eager:
+            return None
         raise KeyError(key)
 
     def release(self, key: str, view: torch.Tensor) -> None:
