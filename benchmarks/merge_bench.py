@@ -10,7 +10,9 @@ interpreter so one method's peak cannot leak into another's:
   computed; ``ours/read`` is ours' throughput over the same bytes as a fraction of it;
 * ``alloc`` — not a merge: allocating and first touching one merged vector's worth of float32
   (what any merge must write, and a plain read need not), to show that share of the gap;
-* ``ours``  — ``hf_negmerge.merging.merge_checkpoints`` (tensor by tensor from disk);
+* ``ours``  — ``hf_negmerge.merging.merge_checkpoints`` (tensor by tensor from disk; NegMerge's
+  compiled fold where it was built, see the ``kernel`` field of each row);
+* ``ours-torch`` — the same call with ``HF_NEGMERGE_KERNEL=0``: the generic torch fold;
 * ``naive`` — what a straightforward implementation does: load every state dict with
   ``safetensors.torch.load_file``, keep all task vectors, then per key ``torch.stack``, sign,
   unanimous mask, mean;
@@ -19,10 +21,9 @@ interpreter so one method's peak cannot leak into another's:
 * ``ours-baseline`` — ``merge_checkpoints`` of another version (``--baseline-src``), e.g. to
   compare two readers or merge cores in one run.
 
-``--prototype`` adds ``ours-fused``, a streaming merge written here (not in the package) that
-shows what a faster merge core costs; see docs/benchmarks.md. Correctness is checked in the
-same run: ours must equal naive (``torch.allclose``), and peft must equal ours wherever ours
-kept an element (unanimous elements are a subset of TIES' majority with the same mean).
+Correctness is checked in the same run: ours must equal naive and ours-torch (``torch.allclose``;
+the maximum difference is printed), and peft must equal ours wherever ours kept an element
+(unanimous elements are a subset of TIES' majority with the same mean).
 
     python benchmarks/merge_bench.py --threads 2 --repeats 3   # N = 2, 8, 16 (≈3 GB disk)
     python benchmarks/merge_bench.py --layers 12 --sizes 2,8,30  # ViT-B size (≈11 GB disk)
@@ -99,6 +100,14 @@ def _run_ours(base: str, finetuned: list[str]) -> dict:
     return merge_checkpoints(base, finetuned, NegMergeConfig(), progress=False).task_vector.tensors
 
 
+def _run_ours_torch(base: str, finetuned: list[str]) -> dict:
+    """The same call with the compiled fold switched off: the generic torch fold."""
+    from hf_negmerge.merging.kernel import KERNEL_ENV
+
+    os.environ[KERNEL_ENV] = "0"
+    return _run_ours(base, finetuned)
+
+
 def _load_task_vectors(base: str, finetuned: list[str]) -> tuple[list[str], list[dict]]:
     """Every checkpoint loaded whole; all N task vectors kept in memory (O(N·P))."""
     from safetensors.torch import load_file
@@ -165,53 +174,14 @@ def _run_peft(base: str, finetuned: list[str]) -> dict:
     return merged
 
 
-def _run_ours_fused(base: str, finetuned: list[str]) -> dict:
-    """Prototype of a leaner streaming core (see docs/benchmarks.md, "What dominates").
-
-    Same algorithm, same one-tensor-per-run memory profile as `merge_checkpoints`, and the same
-    reader (`CheckpointReader`: safetensors' `safe_open` with the pread backend), fewer passes
-    over each tensor: the finiteness test comes from the float32 norm it needs anyway (a NaN/Inf
-    makes the norm non-finite; only then is the exact `isfinite` scan run), and the sign sum is
-    kept in float32 with a reused scratch buffer instead of `sign().to(int16)` per run.
-    """
-    import math
-
-    import torch
-
-    from hf_negmerge.checkpoints import CheckpointReader
-
-    base_reader = CheckpointReader(base)
-    readers = [CheckpointReader(folder) for folder in finetuned]
-    count = len(readers)
-    squared_norms = [0.0] * count
-    merged = {}
-    for key in base_reader:
-        if not base_reader.dtype(key).is_floating_point:
-            continue
-        base_tensor = base_reader[key].float()
-        total = torch.zeros_like(base_tensor)
-        sign_sum = torch.zeros_like(base_tensor)  # exact integers up to 2**24 runs
-        scratch = torch.empty_like(base_tensor)
-        for index, reader in enumerate(readers):
-            task = torch.sub(reader[key].float(), base_tensor)
-            norm = float(torch.linalg.vector_norm(task))
-            if not math.isfinite(norm) and not bool(torch.isfinite(task).all()):
-                raise ValueError(f"{reader.path_of(key)}: tensor '{key}' contains NaN or Inf values.")
-            squared_norms[index] += norm * norm
-            total.add_(task)
-            sign_sum.add_(torch.sign(task, out=scratch))
-        merged[key] = total.div_(count).mul_(sign_sum.abs_() == count)
-    return merged
-
-
 METHODS: dict[str, Callable[[str, list[str]], dict]] = {
     "read": _run_read,
     "alloc": _run_alloc,
     "ours": _run_ours,
+    "ours-torch": _run_ours_torch,
     "ours-baseline": _run_ours,  # the same call, importing hf_negmerge from --baseline-src
     "naive": _run_naive,
     "peft": _run_peft,
-    "ours-fused": _run_ours_fused,
 }
 
 #: methods that produce no merge (nothing to check for correctness)
@@ -222,10 +192,10 @@ METHOD_IMPORTS: dict[str, tuple[str, ...]] = {
     "read": ("safetensors",),
     "alloc": ("safetensors",),
     "ours": ("hf_negmerge.merging",),
+    "ours-torch": ("hf_negmerge.merging",),
     "ours-baseline": ("hf_negmerge.merging",),
     "naive": ("safetensors.torch",),
     "peft": ("peft.utils.merge_utils", "safetensors.torch"),
-    "ours-fused": ("hf_negmerge.checkpoints",),
 }
 
 
@@ -239,6 +209,7 @@ def _measure(spec: dict) -> dict:
     for module in METHOD_IMPORTS[spec["method"]]:
         importlib.import_module(module)
     package = sys.modules.get("hf_negmerge")
+    kernel = sys.modules.get("hf_negmerge.merging.kernel")
     imported_rss = _peak_rss_mb()
     start, cpu_start = time.perf_counter(), time.process_time()
     merged = METHODS[spec["method"]](spec["base"], spec["finetuned"])
@@ -257,6 +228,7 @@ def _measure(spec: dict) -> dict:
         "kept": kept,
         "numel": numel,
         "package": str(Path(package.__file__).parent) if package else None,
+        "kernel": kernel.kernel_available() if kernel else None,  # after the run: ours-torch sets the switch
     }
 
 
@@ -356,12 +328,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=None, help="attention heads (default hidden/64)")
     parser.add_argument("--intermediate-size", type=int, default=None, help="MLP size (default 4×hidden)")
     parser.add_argument(
-        "--methods", default="read,alloc,naive,ours", help="comma-separated: " + ", ".join(METHODS)
+        "--methods", default="read,alloc,naive,ours,ours-torch", help="comma-separated: " + ", ".join(METHODS)
     )
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs of each method per N, interleaved; medians reported"
     )
-    parser.add_argument("--prototype", action="store_true", help="also time the 'ours-fused' prototype")
     parser.add_argument("--quick", action="store_true", help="smoke run: hidden 64, 2 layers, N = 2, 4")
     parser.add_argument(
         "--cache", choices=("warm", "cold"), default="warm", help="page cache before each run"
@@ -392,8 +363,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.heads = args.heads or max(1, args.hidden_size // 64)
     args.intermediate_size = args.intermediate_size or 4 * args.hidden_size
     args.methods = [name.strip() for name in args.methods.split(",") if name.strip()]
-    if args.prototype and "ours-fused" not in args.methods:
-        args.methods.append("ours-fused")
     unknown = [name for name in args.methods if name not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
@@ -441,9 +410,9 @@ def _table(rows: list[dict], idle_mb: float, checkpoint_mb: float) -> str:
             lines.append(f"{row['n']:>3}  {row['method']:<13} skipped: {row['skipped']}")
             continue
         count, read_ratio, naive_ratio = row["n"], "", ""
-        if row["method"] == "ours" and (count, "read") in wall:
+        if row["method"].startswith("ours") and (count, "read") in wall:
             read_ratio = f"{wall[count, 'read'] / row['wall_s']:.2f}"
-        if row["method"] == "ours" and (count, "naive") in wall:
+        if row["method"].startswith("ours") and (count, "naive") in wall:
             naive_ratio = f"{wall[count, 'naive'] / row['wall_s']:.2f}x"
         throughput = (
             ""
