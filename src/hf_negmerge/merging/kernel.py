@@ -28,8 +28,8 @@ KERNEL_ENV = "HF_NEGMERGE_KERNEL"
 
 
 def kernel_available() -> bool:
-    """Whether the compiled fold was built and is not switched off."""
-    return _negmerge_kernel is not None and os.environ.get(KERNEL_ENV, "1") != "0"
+    """Whether the compiled fold was built, can read its blocks (`os.preadv`: not on Windows) and is on."""
+    return _negmerge_kernel is not None and hasattr(os, "preadv") and os.environ.get(KERNEL_ENV, "1") != "0"
 
 
 def kernel_applies(config: MergeConfig, dtypes: Sequence[torch.dtype]) -> bool:
