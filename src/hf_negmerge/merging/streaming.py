@@ -231,11 +231,13 @@ def fold_tensors(
         finally:
             buffers.put(worker_buffers)
 
+    # largest first, so no worker is left with a big tensor while the others are done
+    order = sorted(keys, key=lambda key: math.prod(base.shape(key)), reverse=True)
     folded: dict[str, FoldedTensor] = {}
     with _one_thread_per_op(), ThreadPoolExecutor(workers) as pool:
-        results = pool.map(fold, keys) if workers > 1 else (fold(key) for key in keys)
-        for key, outcome in zip(keys, results, strict=True):
+        results = pool.map(fold, order) if workers > 1 else (fold(key) for key in order)
+        for key, outcome in zip(order, results, strict=True):
             folded[key] = outcome
             if progress is not None:
                 progress.update()
-    return folded
+    return {key: folded[key] for key in keys}
