@@ -82,8 +82,9 @@ def test_dry_run_budget_of_the_default_recipe(capsys):
     # θ₀ trains on train minus validation rows: forget + retain training rows of the data stage
     theta_rows = len(data.forget_train) + len(data.retain_train) - len(data.retain_val)
     assert numbers["original"] == (str(40 * math.ceil(theta_rows / 32)),)
-    # 13 λ points × (negmerge + 6 single runs + uniform, ties, magmax); one test evaluation each
-    assert numbers["evaluations"] == (str(13 * 10), "10")
+    # 21 λ points (0..10 in steps of 0.5, default.yaml) × (negmerge + 6 single runs + uniform,
+    # ties, magmax); one test evaluation each
+    assert numbers["evaluations"] == (str(21 * 10), "10")
     model = build_classifier(recipe.model, data.class_names).model
     trained = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("classifier"))
     trained += sum(p.numel() for name, p in model.named_parameters() if name.startswith("classifier"))
@@ -115,7 +116,7 @@ def test_dry_run_with_no_comparison_does_not_keep_run_vectors(capsys):
     assert main(["unlearn", "--dry-run", "comparison=[]"]) == 0
     text = capsys.readouterr().out
     assert "deleted after each fold" in text
-    assert _plan_numbers(text)["evaluations"] == ("13", "1")
+    assert _plan_numbers(text)["evaluations"] == ("21", "1")  # the 21 λ points of default.yaml, once
 
 
 @pytest.mark.parametrize(
