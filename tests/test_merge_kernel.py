@@ -165,3 +165,18 @@ def test_the_kernel_checks_its_buffers():
         buffers.fold(torch.empty(65), torch.zeros(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="2 float64"):
         buffers.fold(torch.empty(8), torch.zeros(3, dtype=torch.float64))
+
+
+def test_workers_locating_at_once_share_one_open_file(folders):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hf_negmerge.checkpoints import CheckpointReader
+
+    base_path, _, base, _ = folders(1, {"w": (300,)})
+    reader = CheckpointReader(base_path)
+    with ThreadPoolExecutor(8) as pool:
+        locations = list(pool.map(lambda _: reader.locate("w"), range(64)))
+    assert len({location.descriptor for location in locations}) == 1
+    target = torch.empty(300)
+    locations[0].read_exactly(memoryview(target.numpy()).cast("B"), 0)  # the descriptor is still open
+    assert torch.equal(target, base["w"])

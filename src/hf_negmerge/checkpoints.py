@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,7 @@ class _SafetensorsFile:
         self.path = path
         self._mapped: safe_open | None = None  # opened on the first `view`
         self._raw: RawFile | None = None  # opened on the first `locate`
+        self._raw_lock = threading.Lock()  # one handle per file, even when workers locate at once
         try:
             with path.open("rb"):  # an unreadable file is named as such, not as a corrupt header
                 pass
@@ -150,14 +152,17 @@ class _SafetensorsFile:
 
         Offsets come from the header the library has already validated (`__init__`): the data
         section starts after the 8-byte length and the JSON, each tensor at its `data_offsets[0]`.
+        The file is opened once, under a lock: a second handle made by another worker would
+        replace the first and close it while its descriptor is being read.
         """
-        if self._raw is None:
-            handle = self.path.open("rb", buffering=0)
-            header_size = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(header_size))
-            header.pop("__metadata__", None)
-            offsets = {name: 8 + header_size + entry["data_offsets"][0] for name, entry in header.items()}
-            self._raw = RawFile(handle, offsets)
+        with self._raw_lock:
+            if self._raw is None:
+                handle = self.path.open("rb", buffering=0)
+                header_size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(header_size))
+                header.pop("__metadata__", None)
+                offsets = {name: 8 + header_size + entry["data_offsets"][0] for name, entry in header.items()}
+                self._raw = RawFile(handle, offsets)
         return RawLocation(self._raw.handle.fileno(), self._raw.offsets[key], self.path, key)
 
     def view(self, key: str) -> torch.Tensor:
