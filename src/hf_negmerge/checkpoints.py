@@ -5,8 +5,10 @@ the library's `safe_open` and its `pread` backend: each tensor lands in a fresh 
 stays mapped, and peak memory is one tensor per open checkpoint rather than one model.
 Every tensor a reader returns belongs to the caller (tied `.bin` entries are copied on read),
 so changing it in place can never alter another key or a later read. The streaming merge reads
-through `CheckpointReader.view` instead: zero-copy, read-only views of the mapped file whose
-pages it hands back (`release`) as it goes, so no copy is made and the resident set stays flat.
+otherwise: its compiled NegMerge fold reads blocks straight into buffers it reuses
+(`CheckpointReader.locate`, one `pread` each); the generic fold reads through
+`CheckpointReader.view`, zero-copy read-only views of the mapped file whose pages it hands back
+(`release`) as it goes. Either way no tensor-sized copy is made and the resident set stays flat.
 
 Writes go to a temporary sibling first and are renamed into place, so an interrupted run never
 leaves a half-written file or folder behind; `atomic_output_dir` replaces an existing folder

@@ -219,11 +219,13 @@ def merge_checkpoints(
     """Merge N fine-tuned checkpoint folders against their base, tensor by tensor from disk.
 
     Every folder is checked (keys, shapes) before any arithmetic, so a mismatch is reported
-    with its file and key before minutes of work. Elementwise methods (NegMerge, uniform,
-    MagMax) fold cache-sized blocks through all runs straight from the mapped files
-    (`streaming`); peak memory is the merged vector plus, per worker, a few blocks and at most
-    `streaming.RELEASE_BYTES` of mapped pages plus one block (and the kernel's look-ahead) per
-    run. Whole-tensor methods (TIES) hold one tensor per run per worker.
+    with its file and key before minutes of work. Unanimous NegMerge on float32 safetensors goes
+    through the compiled fold (`kernel`, `streaming.fold_compiled`): per worker, one block of
+    each file is read into buffers it reuses (at most `streaming.COMPILED_BUFFER_BYTES`), so peak
+    memory is the merged vector plus those buffers. Other elementwise methods (uniform, MagMax,
+    k-of-n NegMerge) fold cache-sized blocks through all runs straight from the mapped files,
+    adding at most `streaming.RELEASE_BYTES` of mapped pages plus one block (and the kernel's
+    look-ahead) per run and worker. Whole-tensor methods (TIES) hold one tensor per run per worker.
     `workers` threads fold tensors in parallel (default: torch's thread count; each torch op
     then runs on one thread while the merge lasts).
     """

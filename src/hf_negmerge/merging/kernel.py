@@ -37,7 +37,7 @@ def kernel_applies(config: MergeConfig, dtypes: Sequence[torch.dtype]) -> bool:
     return (
         kernel_available()
         and config.method == "negmerge"
-        and getattr(config, "is_unanimous", True)
+        and config.is_unanimous
         and config.accumulation_dtype == "float32"
         and all(dtype == torch.float32 for dtype in dtypes)
     )
