@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -447,6 +448,13 @@ def test_lora_rejects_frozen_or_unknown_targets_and_unmerged_saves(tmp_path):
         apply_lora(tiny_vit(), rank=0, alpha=1.0)
     with pytest.raises(ConfigError, match="no LoRA adapters"):
         merge_lora(tiny_vit())
+
+
+def test_apply_lora_does_not_pass_on_peft_deprecation_noise():
+    """peft's read of a renamed transformers property warned once per grid run; users cannot act on it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_lora(tiny_vit(), rank=2, alpha=2.0)
 
 
 # ----- configuration and Hub -------------------------------------------------------------------

@@ -7,6 +7,7 @@ merged into its own dense copy before task vectors are taken.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from transformers import PreTrainedModel
@@ -47,7 +48,11 @@ def apply_lora(
         target_modules=classifier.lora_target_modules(target_modules),
         bias="none",
     )
-    classifier.model = get_peft_model(classifier.model, lora_config)
+    with warnings.catch_warnings():
+        # peft reads `model.is_gradient_checkpointing`, which transformers 5 renamed and warns about
+        # once per wrapped model: nothing a user can act on, and it buried the grid's progress lines.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        classifier.model = get_peft_model(classifier.model, lora_config)
     classifier.mark_trainable()
 
 
