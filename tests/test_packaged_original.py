@@ -83,6 +83,8 @@ def test_default_recipe_uses_the_packaged_original_without_training(tmp_path, mo
     assert record["packaged"]["key"] == folder.name.split("-")[-1]
     assert record["sha256"] == record["packaged"]["sha256"] == weights_sha256(folder)
     assert "packaged" in record["source"]
+    trained = json.loads((folder / "pretrain.json").read_text(encoding="utf-8"))["train_accuracy"]
+    assert record["train_accuracy"] == trained > 0.9  # recorded, so a failed θ₀ training can be flagged
 
 
 @pytest.mark.parametrize("override", ["seed=1", "original.epochs=39"])

@@ -149,6 +149,23 @@ def test_no_forgetting_without_another_explanation_warns_what_to_try() -> None:
     assert outcome.main.status == NOT_UNLEARNED and len(outcome.warnings) == 1
 
 
+def test_an_original_that_did_not_fit_its_training_rows_warns_instead_of_blaming_the_runs() -> None:
+    # seen once in 38 tiny-CLIP θ₀ trainings: 61% of its own training rows, 20% forget accuracy
+    outcome = _outcome(_method("negmerge", GOOD, {"forget_accuracy": 15.6}))
+    outcome.original = {"forget_accuracy": 20.0, "retain_accuracy": 54.6, "test_accuracy": 51.1}
+    outcome.original_model = {"base_model": "cache/clip-e88e", "train_accuracy": 0.6113}
+    with pytest.warns(OutcomeWarning, match=r"cache/clip-e88e.*61\.1% of its own training rows"):
+        outcome.assess("class")
+    assert outcome.main.status == NOT_UNLEARNED
+    assert len(outcome.warnings) == 1 and "moved the weights too little" not in outcome.warnings[0]
+    for fitted in ({"train_accuracy": 0.9}, {"train_accuracy": 1.0}, {"source": "original.path"}):
+        healthy = _outcome(_method("negmerge", GOOD, {"forget_accuracy": 1.0}))
+        healthy.original_model = dict(fitted)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", OutcomeWarning)
+            healthy.assess("class")  # at the threshold, or nothing trained here: no warning
+
+
 # -- best single run ---------------------------------------------------------------------------------------
 def test_best_single_run_is_chosen_among_runs_whose_lambda_qualified() -> None:
     unqualified = _method("a", [(0.0, 97.0, 96.0), (1.0, 1.0, 50.0)], {"forget_accuracy": 1.0}, "a")

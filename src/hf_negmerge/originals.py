@@ -232,6 +232,7 @@ def describe_original(recipe: UnlearnRecipe, base_dir: Path) -> dict[str, Any]:
     elif recipe.original.train:
         record.update(base_model=str(base_dir), source="original.train", trained_from=model.name_or_path)
         record.update(packaged_original_record(base_dir))  # θ₀ shipped in the package: say so
+        record.update(_training_accuracy(base_dir))  # how well θ₀ fit its rows: a failed training shows
     elif model.name_or_path is not None:
         record.update(base_model=model.name_or_path, source="model.name_or_path", folder=str(base_dir))
         record["source_sha256"] = source_weights_sha256(
@@ -240,6 +241,17 @@ def describe_original(recipe: UnlearnRecipe, base_dir: Path) -> dict[str, Any]:
     else:
         record.update(base_model=str(base_dir), source="model (tiny, built from config)")
     return record
+
+
+def _training_accuracy(base_dir: Path) -> dict[str, float]:
+    """`{"train_accuracy": fraction}` from the folder's θ₀ training record, when it has one."""
+    from .training.pretrain import PRETRAIN_RECORD_FILE
+
+    record_path = base_dir / PRETRAIN_RECORD_FILE
+    if not record_path.is_file():
+        return {}
+    accuracy = json.loads(record_path.read_text(encoding="utf-8")).get("train_accuracy")
+    return {} if accuracy is None else {"train_accuracy": float(accuracy)}
 
 
 def prepare_retrained(recipe: UnlearnRecipe, data: UnlearningData, progress: bool) -> Path | None:

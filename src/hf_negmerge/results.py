@@ -55,6 +55,9 @@ STATUSES = (UNLEARNED, NOT_UNLEARNED, RETAIN_NOT_MET)
 FORGET_GAP_SHARE = 0.5
 #: A merged vector whose norm is below this share of the runs' mean norm is flagged as tiny.
 TINY_VECTOR_RATIO = 0.05
+#: A θ₀ trained here that classifies fewer of its own training rows than this did not converge
+#: (the recipes' θ₀ fit 93–100% of them); every comparison against it is suspect.
+UNDERTRAINED_ORIGINAL_ACCURACY = 0.9
 
 
 class ResultsFormatError(NegMergeError, ValueError):
@@ -201,6 +204,20 @@ def tiny_vector_warning(result_norm: float, input_norms: Sequence[float], label:
     )
 
 
+def undertrained_original_warning(original_model: Mapping[str, Any]) -> str | None:
+    """A warning when θ₀ was trained by this tool and fits its own training rows poorly."""
+    accuracy = original_model.get("train_accuracy")
+    if not _is_number(accuracy) or accuracy >= UNDERTRAINED_ORIGINAL_ACCURACY:
+        return None
+    return (
+        f"θ₀ ({original_model.get('base_model')}) classifies only {100 * accuracy:.1f}% of its own training "
+        f"rows (below {100 * UNDERTRAINED_ORIGINAL_ACCURACY:g}%): its training did not converge, so the "
+        "original's numbers, and any forgetting measured against them, say little. Train it again with "
+        "another seed, a lower original.learning_rate or more original.epochs (or start from a pretrained "
+        "model), then rerun."
+    )
+
+
 def weak_forgetting_warning(label: str) -> str:
     """What to try when no qualifying λ forgot enough and neither the grid nor the vector is to blame."""
     return (
@@ -248,6 +265,7 @@ class UnlearningOutcome:
                 self.status_detail = detail
         stats = self.merge.stats
         found = [
+            undertrained_original_warning(self.original_model),
             grid_edge_warning(self.main.selection, self.main.label),
             tiny_vector_warning(stats.result_norm, stats.input_norms, self.main.label),
         ]
@@ -493,6 +511,7 @@ __all__ = [
     "RETAIN_NOT_MET",
     "STATUSES",
     "TINY_VECTOR_RATIO",
+    "UNDERTRAINED_ORIGINAL_ACCURACY",
     "UNLEARNED",
     "Criterion",
     "MethodOutcome",
@@ -505,5 +524,6 @@ __all__ = [
     "forget_criterion",
     "grid_edge_warning",
     "tiny_vector_warning",
+    "undertrained_original_warning",
     "weak_forgetting_warning",
 ]
