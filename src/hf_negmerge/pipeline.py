@@ -138,7 +138,7 @@ def _run_claimed(
         seconds,
         original_model,
     )
-    outcome.assess(recipe.data.scenario)  # statuses, and warnings for a λ at the grid's edge or a tiny vector
+    outcome.assess(recipe.data.scenario)  # statuses; warnings: weak θ₀, λ at the grid edge, tiny vector
     evaluation.evaluator.set_weights(grid.task_vector, evaluation.main.selection.scale)
     seconds["total"] = time.perf_counter() - started
     write_outputs(recipe, outcome, evaluation.evaluator.classifier, base_dir)
