@@ -35,6 +35,8 @@ def trial_folders(paths: list[Path]) -> list[Path]:
         if (path / "metrics.json").is_file():
             folders.append(path)
             continue
+        if not path.is_dir():
+            raise SystemExit(f"{path}: no such folder.")
         found = sorted(child for child in path.iterdir() if (child / "metrics.json").is_file())
         if not found:
             raise SystemExit(f"{path}: neither a trial folder (metrics.json) nor a sweep root holding any.")
@@ -92,10 +94,11 @@ def authors_rule(retain_ratio: float) -> Callable[[Curve], dict[str, float]]:
 
 def forget_tolerance_rule(points: float) -> Callable[[Curve], dict[str, float]]:
     """The authors' qualifying set, then the smallest λ within `points` of its lowest forget accuracy."""
+    from hf_negmerge.lambda_search import THRESHOLD_TOLERANCE
 
     def choose(curve: Curve) -> dict[str, float]:
         threshold = 0.95 * next(row for row in curve if row["scale"] == 0.0)["retain_val"]
-        qualifying = [row for row in curve if row["retain_val"] >= threshold - 1e-9]
+        qualifying = [row for row in curve if row["retain_val"] >= threshold - THRESHOLD_TOLERANCE]
         if not qualifying:
             return authors_rule(0.95)(curve)
         lowest = min(row["forget_val"] for row in qualifying)

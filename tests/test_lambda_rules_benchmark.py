@@ -58,5 +58,7 @@ def test_the_paper_rule_is_the_librarys_select_lambda_whatever_the_curves_order(
 
 
 def test_a_path_without_trials_is_refused_by_name(rules, tmp_path):
-    with pytest.raises(SystemExit, match=str(tmp_path)):
+    with pytest.raises(SystemExit, match=f"{tmp_path}: neither a trial folder"):
         rules.trial_folders([tmp_path])
+    with pytest.raises(SystemExit, match="missing: no such folder"):
+        rules.trial_folders([tmp_path / "missing"])
