@@ -27,6 +27,7 @@ import ctypes
 import json
 import mmap
 import os
+import pickle
 import shutil
 import socket
 import tempfile
@@ -213,7 +214,12 @@ def _release_mapped_pages(view: torch.Tensor) -> None:
 
 
 def resolve_weight_files(path: str | Path) -> list[Path]:
-    """The weight files of a checkpoint folder (single or sharded), or the file itself."""
+    """The weight files of a checkpoint folder (single or sharded), or the file itself.
+
+    A folder is read as transformers' `from_pretrained` reads it: `model.safetensors` first, then
+    `model.safetensors.index.json`, `pytorch_model.bin`, `pytorch_model.bin.index.json`, so the
+    tensors merged are the ones the model loads. Otherwise one loose `.safetensors` file is taken.
+    """
     path = Path(path)
     try:
         return _resolve_weight_files(path)
@@ -223,30 +229,65 @@ def resolve_weight_files(path: str | Path) -> list[Path]:
 
 def _resolve_weight_files(path: Path) -> list[Path]:
     if not path.exists():
+        if os.path.islink(path):
+            raise CheckpointError(
+                f"Checkpoint {path} is a broken or looping symlink (it points to {os.readlink(path)!r}, "
+                "which does not resolve to a file or folder)."
+            )
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     if path.is_file():
         return [path]
-    for index_name in (SAFE_WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_INDEX_NAME):
-        index_path = path / index_name
-        if index_path.is_file():
-            try:
-                weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
-                raise CheckpointError(f"{index_path}: corrupt shard index ({error}).") from error
-            shards = [path / name for name in sorted(set(weight_map.values()))]
-            missing = [str(shard) for shard in shards if not shard.is_file()]
-            if missing:
-                raise CheckpointError(f"{index_path} lists shard(s) that are missing: {', '.join(missing)}.")
-            return shards
-    for name in (SAFE_WEIGHTS_NAME, TORCH_WEIGHTS_NAME, *ADAPTER_WEIGHTS_NAMES):
-        if (path / name).is_file():
-            return [path / name]
+    for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_NAME, TORCH_WEIGHTS_INDEX_NAME):
+        if not (path / name).is_file():
+            continue
+        return _index_shards(path, path / name) if name.endswith(".index.json") else [path / name]
     loose = sorted(path.glob("*.safetensors"))
     if len(loose) == 1:
         return loose
+    if len(loose) > 1:
+        raise CheckpointError(
+            f"{path} holds {len(loose)} .safetensors files ({', '.join(file.name for file in loose[:5])}"
+            + (" …" if len(loose) > 5 else "")
+            + f") and neither {SAFE_WEIGHTS_NAME} nor {SAFE_WEIGHTS_INDEX_NAME}, so which of them are the "
+            f"weights is unclear. Name a single weights file {SAFE_WEIGHTS_NAME}, or list the shards in "
+            f"{SAFE_WEIGHTS_INDEX_NAME}."
+        )
     raise CheckpointError(
         f"No weights found in {path}: expected {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or {TORCH_WEIGHTS_NAME}."
     )
+
+
+def _index_shards(folder: Path, index_path: Path) -> list[Path]:
+    """The shard files a shard index names, each a relative path inside `folder`."""
+    from .folder_kinds import read_json_file
+
+    index = read_json_file(index_path, "shard index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        got = type(weight_map).__name__ if isinstance(index, dict) and "weight_map" in index else "nothing"
+        raise CheckpointError(
+            f"{index_path}: corrupt shard index: 'weight_map' must be an object mapping tensor names "
+            f"to shard files, got {got}."
+        )
+    if not weight_map:
+        raise CheckpointError(
+            f"{index_path}: corrupt shard index: 'weight_map' is empty (no tensor is listed)."
+        )
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(
+                f"{index_path}: corrupt shard index: weight_map['{key}'] must be a shard file name, got {name!r}."
+            )
+        if os.path.isabs(name) or ".." in Path(name).parts or ".." in name.split("\\"):
+            raise CheckpointError(
+                f"{index_path}: weight_map['{key}'] = {name!r} points outside the checkpoint folder "
+                f"{folder}; shard files must be relative names inside it."
+            )
+    shards = [folder / name for name in sorted(set(weight_map.values()))]
+    missing = [str(shard) for shard in shards if not shard.is_file()]
+    if missing:
+        raise CheckpointError(f"{index_path} lists shard(s) that are missing: {', '.join(missing)}.")
+    return shards
 
 
 class CheckpointReader(Mapping[str, torch.Tensor]):
@@ -361,8 +402,16 @@ class CheckpointReader(Mapping[str, torch.Tensor]):
 
 
 def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    """A `.bin` state dict, loaded with `weights_only=True`: a pickle that needs more never runs."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: refused: this pickle holds more than tensors, and loading it would run code from "
+            "the file (hf-negmerge loads pickles only with weights_only=True). Convert it to safetensors "
+            "where you trust its source, e.g. `AutoModel.from_pretrained(folder).save_pretrained(new_folder, "
+            f"safe_serialization=True)`, and pass the new folder ({error})."
+        ) from error
     except Exception as error:  # torch raises many types for a corrupt or unsafe pickle
         raise CheckpointError(f"{path}: cannot be loaded safely with weights_only=True ({error}).") from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -24,6 +24,7 @@ are resolved by `resolve_model` when the merge runs.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,11 @@ def resolve_model(ref: ModelRef, what: str, token: str | bool | None = None) -> 
                 "given; revisions apply to Hub ids only. Drop the revision or name a Hub id."
             )
         return ResolvedModel(ref, local)
+    if os.path.islink(local) and not local.exists():
+        raise CheckpointError(
+            f"The {what} '{ref.model}' is a broken or looping symlink ({local} points to "
+            f"{os.readlink(local)!r}, which does not resolve to a folder); fix the link or give the folder itself."
+        )
     if local.exists() or not looks_like_repo_id(ref.model):
         raise CheckpointError(
             f"The {what} '{ref.model}' is neither a local folder (no folder {local}) nor a Hub id of the form 'org/name'."

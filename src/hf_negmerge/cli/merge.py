@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir,
         remove_stale_staging,
     )
+    from ..folder_kinds import check_model_config
     from ..hub.merge_card import build_merge_card
     from ..merge_file import resolve_model
     from ..merging import merge_checkpoints
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     check_no_overlap(args.out, [("base", base.folder), *(("fine-tuned run", run.folder) for run in runs)])
     effective = (merge_file or MergeFile()).effective_yaml(config, base.ref, [run.ref for run in runs])
     hub_models = list(dict.fromkeys(item.hub_id for item in (base, *runs) if item.hub_id is not None))
-    architectures = _architectures(base.folder)
+    architectures = _architectures(check_model_config(base.folder, required=config.scale is not None))
     # the staging folder exists before the merge starts: a write problem shows up before the work
     with atomic_output_dir(args.out, overwrite=args.overwrite, owned_marker=OUTPUT_MARKER) as staging:
         result = merge_checkpoints(
@@ -223,11 +224,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _architectures(folder: Path) -> list[str]:
-    """`architectures` from a model folder's config.json (empty when it has none)."""
-    try:
-        values = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    found = values.get("architectures") if isinstance(values, dict) else None
+def _architectures(model_config: dict[str, Any]) -> list[str]:
+    """`architectures` from a model folder's config.json values (empty when it names none)."""
+    found = model_config.get("architectures")
     return [str(name) for name in found] if isinstance(found, list) else []

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import CheckpointReader, save_safetensors
 from ..config import MergeConfig, NegMergeConfig
 from ..errors import CheckpointError, ConfigError, MergeError
+from ..folder_kinds import check_distinct_weights, check_weight_dtypes, open_model_weights
 from ..key_space import KeyNames
 from ..task_vector import TaskVector, check_compatible, check_finite, select_keys
 from .base import MergeSession, TensorMerger, accumulation_dtype, get_merge_method
@@ -234,8 +235,11 @@ def merge_checkpoints(
     method.check_count(len(finetuned))
     check_distinct_inputs(base, finetuned)
     session = method.start(config)
-    base_reader = CheckpointReader(base)
-    readers = [CheckpointReader(path) for path in finetuned]
+    base_reader = open_model_weights(base)
+    readers = [open_model_weights(path) for path in finetuned]
+    labelled = [(f"base {base_reader.path}", base_reader)]
+    check_distinct_weights(labelled + [(f"fine-tuned run {reader.path}", reader) for reader in readers])
+    check_weight_dtypes(base_reader, readers)
     # runtime names need the model built from config.json (imports transformers): only for patterns
     names = KeyNames.of_folder(base, base_reader.keys()) if config.include or config.exclude else None
     keys = [
@@ -248,6 +252,15 @@ def merge_checkpoints(
             f"No floating-point tensor of {base_reader.path} matches include/exclude patterns."
         )
     for reader in readers:
+        selected = names.select(reader, config.include, config.exclude) if names is not None else reader
+        extra = [key for key in selected if key not in base_reader]
+        if extra:
+            raise CheckpointError(
+                f"The fine-tuned run {reader.path} has tensor(s) the base {base_reader.path} lacks: "
+                + ", ".join(f"'{key}'" for key in extra[:5])
+                + (" …" if len(extra) > 5 else "")
+                + "; the checkpoints do not share an architecture (or exclude those tensors)."
+            )
         for key in keys:
             if key not in reader:
                 raise CheckpointError(
