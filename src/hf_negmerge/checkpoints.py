@@ -406,11 +406,14 @@ def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        blocked = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "").rstrip(".")
         raise CheckpointError(
             f"{path}: refused: this pickle holds more than tensors, and loading it would run code from "
-            "the file (hf-negmerge loads pickles only with weights_only=True). Convert it to safetensors "
-            "where you trust its source, e.g. `AutoModel.from_pretrained(folder).save_pretrained(new_folder, "
-            f"safe_serialization=True)`, and pass the new folder ({error})."
+            "the file (hf-negmerge loads pickles only with weights_only=True"
+            + (f"; {blocked}" if blocked else "")
+            + "). Convert it to safetensors where you trust its source, e.g. "
+            "`AutoModel.from_pretrained(folder).save_pretrained(new_folder, safe_serialization=True)`, "
+            "and pass the new folder."
         ) from error
     except Exception as error:  # torch raises many types for a corrupt or unsafe pickle
         raise CheckpointError(f"{path}: cannot be loaded safely with weights_only=True ({error}).") from error

@@ -259,7 +259,7 @@ def merge_checkpoints(
                 f"The fine-tuned run {reader.path} has tensor(s) the base {base_reader.path} lacks: "
                 + ", ".join(f"'{key}'" for key in extra[:5])
                 + (" …" if len(extra) > 5 else "")
-                + "; the checkpoints do not share an architecture (or exclude those tensors)."
+                + "; the checkpoints do not share an architecture (tensors outside the include patterns are not compared)."
             )
         for key in keys:
             if key not in reader:
