@@ -651,3 +651,9 @@ def test_reader_reads_what_transformers_loads(folders_prototype: Path, tmp_path:
     for key in reader:
         assert torch.equal(reader[key], loaded[key]), key
     assert not torch.equal(reader[KEY], other[KEY])
+
+
+def test_the_output_marker_is_the_one_outputs_are_written_with() -> None:
+    from hf_negmerge import checkpoints, folder_kinds
+
+    assert folder_kinds.OUTPUT_MARKER == checkpoints.OUTPUT_MARKER

@@ -41,12 +41,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import CheckpointError, NegMergeError, OutputError
-
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-TORCH_WEIGHTS_NAME = "pytorch_model.bin"
-TORCH_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
-ADAPTER_WEIGHTS_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+from .folder_kinds import (
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    TORCH_WEIGHTS_INDEX_NAME,
+    TORCH_WEIGHTS_NAME,
+    check_model_folder,
+    check_weight_content,
+    read_json_file,
+)
 
 _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -259,8 +262,6 @@ def _resolve_weight_files(path: Path) -> list[Path]:
 
 def _index_shards(folder: Path, index_path: Path) -> list[Path]:
     """The shard files a shard index names, each a relative path inside `folder`."""
-    from .folder_kinds import read_json_file
-
     index = read_json_file(index_path, "shard index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
@@ -420,6 +421,18 @@ def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a flat dict of tensors.")
     return state
+
+
+def open_model_weights(path: str | Path) -> CheckpointReader:
+    """A reader over a folder or file that must hold model weights, checked by content first.
+
+    Refuses an adapter, a task vector, a merge output or accumulator state, also when renamed to a
+    weight file name: their files' metadata says what they are (see `folder_kinds`).
+    """
+    check_model_folder(Path(path))
+    reader = CheckpointReader(path)
+    check_weight_content(reader.files)
+    return reader
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -20,20 +20,22 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .checkpoints import (
-    ADAPTER_WEIGHTS_NAMES,
-    OUTPUT_MARKER,
-    SAFE_WEIGHTS_INDEX_NAME,
-    SAFE_WEIGHTS_NAME,
-    TORCH_WEIGHTS_INDEX_NAME,
-    TORCH_WEIGHTS_NAME,
-    CheckpointReader,
-)
 from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from .checkpoints import CheckpointReader
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+TORCH_WEIGHTS_NAME = "pytorch_model.bin"
+TORCH_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+ADAPTER_WEIGHTS_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+#: the marker file of every output folder this tool writes (`checkpoints.OUTPUT_MARKER`)
+OUTPUT_MARKER = ".hf_negmerge_output.json"
 
 #: safetensors metadata key `TaskVector.save` writes (the vector's own metadata, as JSON)
 TASK_VECTOR_METADATA_KEY = "hf_negmerge"
@@ -157,20 +159,13 @@ def check_model_folder(path: Path) -> None:
         )
 
 
-def open_model_weights(path: str | Path) -> CheckpointReader:
-    """A reader over a folder or file that must hold model weights, checked by content first.
-
-    Refuses an adapter, a task vector, a merge output or accumulator state (`check_model_folder`),
-    also when renamed to a weight file name (their safetensors metadata says what they are).
-    """
-    check_model_folder(Path(path))
-    reader = CheckpointReader(path)
-    for file in reader.files:
+def check_weight_content(files: Sequence[Path]) -> None:
+    """Refuse weight files whose safetensors metadata says they are a task vector or merge state."""
+    for file in files:
         if file.suffix == ".safetensors":
             reason = not_weights_reason(file, safetensors_metadata(file))
             if reason is not None:
                 raise CheckpointError(reason)
-    return reader
 
 
 def _quantized(dtype: torch.dtype) -> bool:

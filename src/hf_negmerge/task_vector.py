@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointReader, save_safetensors
+from .checkpoints import CheckpointReader, open_model_weights, save_safetensors
 from .errors import CheckpointError
-from .folder_kinds import check_distinct_weights, check_weight_dtypes, open_model_weights
+from .folder_kinds import check_distinct_weights, check_weight_dtypes
 from .hub_artifact import HubArtifact
 from .key_space import KeyNames, checkpoint_state_dict, unwrap_model
 from .lambda_search import check_scale

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints import CheckpointReader, save_safetensors
+from ..checkpoints import CheckpointReader, open_model_weights, save_safetensors
 from ..config import MergeConfig, NegMergeConfig
 from ..errors import CheckpointError, ConfigError, MergeError
-from ..folder_kinds import check_distinct_weights, check_weight_dtypes, open_model_weights
+from ..folder_kinds import check_distinct_weights, check_weight_dtypes
 from ..key_space import KeyNames
 from ..task_vector import TaskVector, check_compatible, check_finite, select_keys
 from .base import MergeSession, TensorMerger, accumulation_dtype, get_merge_method
