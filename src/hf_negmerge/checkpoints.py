@@ -222,6 +222,8 @@ def resolve_weight_files(path: str | Path) -> list[Path]:
     A folder is read as transformers' `from_pretrained` reads it: `model.safetensors` first, then
     `model.safetensors.index.json`, `pytorch_model.bin`, `pytorch_model.bin.index.json`, so the
     tensors merged are the ones the model loads. Otherwise one loose `.safetensors` file is taken.
+    A folder must hold model weights: an adapter, a task vector or a merge output is refused,
+    naming what it is (`folder_kinds.check_model_folder`); a file is read whatever it holds.
     """
     path = Path(path)
     try:
@@ -240,10 +242,13 @@ def _resolve_weight_files(path: Path) -> list[Path]:
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     if path.is_file():
         return [path]
+    check_model_folder(path)
     for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_NAME, TORCH_WEIGHTS_INDEX_NAME):
         if not (path / name).is_file():
             continue
-        return _index_shards(path, path / name) if name.endswith(".index.json") else [path / name]
+        files = _index_shards(path, path / name) if name.endswith(".index.json") else [path / name]
+        check_weight_content(files)
+        return files
     loose = sorted(path.glob("*.safetensors"))
     if len(loose) == 1:
         return loose
@@ -421,18 +426,6 @@ def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a flat dict of tensors.")
     return state
-
-
-def open_model_weights(path: str | Path) -> CheckpointReader:
-    """A reader over a folder or file that must hold model weights, checked by content first.
-
-    Refuses an adapter, a task vector, a merge output or accumulator state, also when renamed to a
-    weight file name: their files' metadata says what they are (see `folder_kinds`).
-    """
-    check_model_folder(Path(path))
-    reader = CheckpointReader(path)
-    check_weight_content(reader.files)
-    return reader
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

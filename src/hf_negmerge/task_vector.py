@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointReader, open_model_weights, save_safetensors
+from .checkpoints import CheckpointReader, save_safetensors
 from .errors import CheckpointError
-from .folder_kinds import check_distinct_weights, check_weight_dtypes
+from .folder_kinds import check_distinct_weights, check_weight_content, check_weight_dtypes
 from .hub_artifact import HubArtifact
 from .key_space import KeyNames, checkpoint_state_dict, unwrap_model
 from .lambda_search import check_scale
@@ -214,13 +214,14 @@ class TaskVector(HubArtifact):
     ) -> TaskVector:
         """τ between two checkpoint folders (single or sharded safetensors, any float dtype).
 
-        Both must hold model weights (`folder_kinds.open_model_weights`: no adapter, task vector or
-        merge output), with float tensors where the base has float ones, and not the same bytes.
+        Both must hold model weights (no adapter, task vector or merge output, see
+        `folder_kinds`), with float tensors where the base has float ones, and not the same bytes.
 
         Patterns may use runtime names when the base folder's `config.json` names a
         transformers architecture (built on the meta device to learn them).
         """
-        base_reader, tuned_reader = open_model_weights(base), open_model_weights(finetuned)
+        base_reader, tuned_reader = CheckpointReader(base), CheckpointReader(finetuned)
+        check_weight_content([*base_reader.files, *tuned_reader.files])  # a file given as a checkpoint
         check_distinct_weights(
             [(f"base {base}", base_reader), (f"fine-tuned checkpoint {finetuned}", tuned_reader)]
         )

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints import CheckpointReader, open_model_weights, save_safetensors
+from ..checkpoints import CheckpointReader, save_safetensors
 from ..config import MergeConfig, NegMergeConfig
 from ..errors import CheckpointError, ConfigError, MergeError
-from ..folder_kinds import check_distinct_weights, check_weight_dtypes
+from ..folder_kinds import check_distinct_weights, check_weight_content, check_weight_dtypes
 from ..key_space import KeyNames
 from ..task_vector import TaskVector, check_compatible, check_finite, select_keys
 from .base import MergeSession, TensorMerger, accumulation_dtype, get_merge_method
@@ -235,8 +235,10 @@ def merge_checkpoints(
     method.check_count(len(finetuned))
     check_distinct_inputs(base, finetuned)
     session = method.start(config)
-    base_reader = open_model_weights(base)
-    readers = [open_model_weights(path) for path in finetuned]
+    base_reader = CheckpointReader(base)
+    readers = [CheckpointReader(path) for path in finetuned]
+    for reader in (base_reader, *readers):  # a file given as a checkpoint is checked here
+        check_weight_content(reader.files)
     labelled = [(f"base {base_reader.path}", base_reader)]
     check_distinct_weights(labelled + [(f"fine-tuned run {reader.path}", reader) for reader in readers])
     check_weight_dtypes(base_reader, readers)
