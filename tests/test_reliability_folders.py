@@ -83,12 +83,14 @@ def add_tensor(key: str, value: torch.Tensor) -> Callable[[dict[str, torch.Tenso
     return change
 
 
-def both(*setups: Callable[[Env], None]) -> Callable[[Env], None]:
-    def setup(env: Env) -> None:
-        for step in setups:
+def in_turn(*steps: Callable[[Env], None]) -> Callable[[Env], None]:
+    """Several setups (or checks) as one."""
+
+    def run(env: Env) -> None:
+        for step in steps:
             step(env)
 
-    return setup
+    return run
 
 
 def grid_runs(env: Env) -> None:
@@ -404,16 +406,13 @@ CASES: list[Case] = [
         "int64-buffer-passes-through",
         lambda e: merge_argv(e, extra=SCALE),
         0,
-        setup=both(
+        setup=in_turn(
             *(
                 rewrite(name, add_tensor("vit.embeddings.position_ids", POSITION_IDS))
                 for name in ("base", "ft0", "ft1")
             )
         ),
-        check=lambda e: (
-            check_merge()(e),
-            check_unlearned_keeps("vit.embeddings.position_ids", POSITION_IDS)(e),
-        ),
+        check=in_turn(check_merge(), check_unlearned_keeps("vit.embeddings.position_ids", POSITION_IDS)),
     ),
     # 4. one checkpoint given twice under two names
     Case(
@@ -465,14 +464,14 @@ CASES: list[Case] = [
         lambda e: merge_argv(e),
         2,
         "'weight_map' must be an object mapping tensor names to shard files, got list",
-        both(lambda e: (e.root / "ft1" / WEIGHTS).unlink(), shard_index("ft1", ["model.safetensors"])),
+        in_turn(lambda e: (e.root / "ft1" / WEIGHTS).unlink(), shard_index("ft1", ["model.safetensors"])),
     ),
     Case(
         "index-weight-map-empty",
         lambda e: merge_argv(e),
         2,
         "'weight_map' is empty",
-        both(
+        in_turn(
             lambda e: (e.root / "ft1" / WEIGHTS).unlink(),
             lambda e: (e.root / "ft1" / "model.safetensors.index.json").write_text('{"weight_map": {}}'),
         ),
@@ -482,7 +481,7 @@ CASES: list[Case] = [
         lambda e: merge_argv(e),
         2,
         "model.safetensors.index.json: the shard index is nested too deeply",
-        both(
+        in_turn(
             lambda e: (e.root / "ft1" / WEIGHTS).unlink(),
             lambda e: (e.root / "ft1" / "model.safetensors.index.json").write_text(NESTED),
         ),
