@@ -52,8 +52,20 @@ def run_unlearning(
     The folder is checked and locked before any work: a folder the tool did not write is used
     only with `overwrite=True` (`--overwrite`), and even then none of its files is replaced.
     Under `accelerate launch` the grid points are shared among the processes; the main process
-    then evaluates and writes the outputs, and the others return None.
+    then evaluates and writes the outputs, and the others return None. torch runs with the CLI's
+    thread policy (`OMP_NUM_THREADS`, else one thread; see `threads.py`) for the call, so the
+    same recipe trains the same weights from Python and from `hf-negmerge unlearn`.
     """
+    from .threads import policy_threads
+
+    with policy_threads():
+        return _run_with_policy_threads(recipe, progress, overwrite)
+
+
+def _run_with_policy_threads(
+    recipe: UnlearnRecipe, progress: bool, overwrite: bool
+) -> UnlearningOutcome | None:
+    """`run_unlearning` once torch's thread count is the policy's: checks, claim, run."""
     from accelerate import PartialState
 
     from .output_folder import check_output_dir, claim_output_folder
