@@ -32,6 +32,7 @@ import yaml
 
 from .config import NegMergeConfig
 from .errors import CheckpointError, ConfigError
+from .recipe_files import load_yaml, yaml_problem
 
 #: files of a model repo a merge needs: weights (safetensors), configs, processor and tokenizer, card
 MODEL_FILE_PATTERNS = ("*.safetensors", "*.json", "*.txt", "*.model", "README.md")
@@ -79,16 +80,24 @@ class MergeFile:
 
     @classmethod
     def load(cls, path: str | Path) -> MergeFile:
-        """Read and check a merge file (keys only; values are checked by NegMergeConfig)."""
+        """Read and check a merge file (keys only; values are checked by NegMergeConfig).
+
+        Read like a recipe (`recipe_files.load_yaml`): a key given twice is an error, not the last
+        value silently winning.
+        """
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(
                 f"Merge file {path} cannot be read ({getattr(error, 'strerror', None) or error})."
             ) from error
+        try:
+            raw = load_yaml(text, "merge file")
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from error
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {yaml_problem(error)}") from error
         if not isinstance(raw, dict):
             raise ConfigError(
                 f"{path} must hold a mapping (base:, models:, method:, …), got {type(raw).__name__}."
