@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_negmerge import TaskVector
-from hf_negmerge.errors import CheckpointError, ConfigError
+from hf_negmerge import NegMergeConfig, TaskVector
+from hf_negmerge.errors import ConfigError
 from test_reliability_merge import (  # noqa: F401 (prototype is a fixture)
     Case,
     Env,
@@ -29,6 +29,7 @@ from test_reliability_merge import (  # noqa: F401 (prototype is a fixture)
     prototype,
     snapshot,
     staging_left,
+    write_config,
 )
 
 # ------------------------------------------------------------------------------------------------
@@ -36,6 +37,7 @@ from test_reliability_merge import (  # noqa: F401 (prototype is a fixture)
 # ------------------------------------------------------------------------------------------------
 
 MERGE_HEAD = "base: base\nmodels: [ft0, ft1]\n"
+YAML_BOOLEAN = "YAML reads an unquoted yes, no, on, off, true or false as a boolean"
 
 
 def merge_yaml(text: str) -> Callable[[Env], None]:
@@ -99,6 +101,82 @@ CASES: list[Case] = [
     yaml_case("yaml-duplicate-base", MERGE_HEAD + "base: ft1\n", 2, "duplicate key 'base'"),
     yaml_case("yaml-non-string-key", MERGE_HEAD + "1: one\n", 2, "line 3: merge file keys must be strings"),
     yaml_case("yaml-valid", MERGE_HEAD + "method: negmerge\n", 0, check=check_negmerge_output),
+    # 2. a field that takes text gets text: YAML 1.1's yes/no/on/off booleans are named as such
+    *(
+        yaml_case(f"yaml-boolean-{name}", MERGE_HEAD + text, 2, f"{expected}, got {shown}: {YAML_BOOLEAN}")
+        for name, text, expected, shown in [
+            (
+                "method-yes",
+                "method: yes\n",
+                "'method' must be one of task_arithmetic, uniform, ties, magmax, negmerge",
+                "True",
+            ),
+            (
+                "dtype-off",
+                "accumulation_dtype: off\n",
+                "'accumulation_dtype' must be one of float32, float64",
+                "False",
+            ),
+            (
+                "parameter-no",
+                "method: ties\nparameters: {ties_variant: no}\n",
+                "'parameters.ties_variant' must be one of original, peft",
+                "False",
+            ),
+            (
+                "include-item-on",
+                "include: [vit.*, on]\n",
+                "'include' must be a list of strings",
+                "['vit.*', True]",
+            ),
+            ("exclude-yes", "exclude: yes\n", "'exclude' must be a list of strings", "True"),
+        ]
+    ),
+    yaml_case(
+        "yaml-boolean-base",
+        "base: on\nmodels: [ft0, ft1]\n",
+        2,
+        f"base must be a folder or Hub id, got True: {YAML_BOOLEAN}",
+    ),
+    yaml_case(
+        "yaml-boolean-model",
+        "base: base\nmodels: [{model: yes}, ft1]\n",
+        2,
+        f"models[0].model must be a folder or Hub id, got True: {YAML_BOOLEAN}",
+    ),
+    yaml_case(
+        "yaml-boolean-revision",
+        "base: base\nmodels: [{model: org/run, revision: no}, ft1]\n",
+        2,
+        f"models[0].revision must be a branch, tag or commit id, got False: {YAML_BOOLEAN}",
+    ),
+    yaml_case(
+        "yaml-quoted-yes-is-text",
+        MERGE_HEAD + "method: 'yes'\n",
+        2,
+        "NegMergeConfig.method='yes' is not a known merge method; choose one of task_arithmetic",
+    ),
+    yaml_case(
+        "yaml-method-number",
+        MERGE_HEAD + "method: 3\n",
+        2,
+        "NegMergeConfig.method must be a string, one of task_arithmetic, uniform, ties, magmax, negmerge; got int 3",
+    ),
+    Case(
+        "config-json-method-true",
+        lambda env: NegMergeConfig.from_pretrained(env.root / "cfg"),
+        2,
+        "cfg/negmerge_config.json: NegMergeConfig.accumulation_dtype must be a string, one of float32, float64; got bool True",
+        setup=write_config('{"accumulation_dtype": true}'),
+        kind="api",
+        error=ConfigError,
+    ),
+    yaml_case(
+        "yaml-valid-quoted",
+        MERGE_HEAD + "method: \"negmerge\"\naccumulation_dtype: 'float64'\ninclude: ['vit.*']\n",
+        0,
+        check=check_negmerge_output,
+    ),
 ]
 
 

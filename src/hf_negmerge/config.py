@@ -304,7 +304,12 @@ class NegMergeConfig(LambdaSearchConfig, MergeConfig):
 def _check_choice(
     owner: str, name: str, value: object, choices: tuple[str, ...], what: str = "choice"
 ) -> None:
-    if not isinstance(value, str) or value not in choices:
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{owner}.{name} must be a string, one of {', '.join(choices)}; "
+            f"got {type(value).__name__} {value!r}."
+        )
+    if value not in choices:
         raise ConfigError(
             f"{owner}.{name}={value!r} is not a known {what}; choose one of {', '.join(choices)}."
         )
