@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from hf_negmerge import NegMergeConfig, TaskVector
-from hf_negmerge.errors import ConfigError
+from hf_negmerge.errors import CheckpointError, ConfigError
+from hf_negmerge.recipe_files import load_yaml
 from test_reliability_merge import (  # noqa: F401 (prototype is a fixture)
     Case,
     Env,
@@ -29,6 +30,7 @@ from test_reliability_merge import (  # noqa: F401 (prototype is a fixture)
     prototype,
     snapshot,
     staging_left,
+    vector_with_metadata,
     write_config,
 )
 
@@ -37,6 +39,10 @@ from test_reliability_merge import (  # noqa: F401 (prototype is a fixture)
 # ------------------------------------------------------------------------------------------------
 
 MERGE_HEAD = "base: base\nmodels: [ft0, ft1]\n"
+DEEP = 100_000  # nesting levels: far past Python's recursion limit
+LONG = "9" * 5000  # digits: past Python's int conversion limit (4300)
+TOO_DEEP = "is nested more than 64 levels deep"
+TOO_LONG = "holds an integer of 5000 digits, more than Python reads (4300)"
 YAML_BOOLEAN = "YAML reads an unquoted yes, no, on, off, true or false as a boolean"
 
 
@@ -62,6 +68,31 @@ def merge_config_argv(env: Env) -> list[str]:
 
 def yaml_case(id: str, text: str, code: int, message: str = "", kind: str = "cli", check=None) -> Case:
     return Case(id, merge_config_argv, code, message, setup=merge_yaml(text), kind=kind, check=check)
+
+
+def nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def check_equal(got: object, expected: object) -> None:
+    assert got == expected, got
+
+
+def config_round_trip(env: Env) -> None:
+    """A saved config (with a 4300-digit integer, at Python's limit) reads back equal."""
+    config = NegMergeConfig(method="ties", ties_total_elements=int("7" * 4300), lambda_grid=[0.0, 0.5])
+    config.save_pretrained(env.root / "saved")
+    check_equal(NegMergeConfig.from_pretrained(env.root / "saved"), config)
+
+
+def metadata_round_trip(env: Env) -> None:
+    """Metadata nested to the limit, and long integers, read back equal."""
+    metadata = {"deep": nested(63), "seed": 10**40, "runs": [{"name": "ft0", "lr": 1e-5}]}
+    TaskVector({"w": torch.ones(2)}, metadata).save(env.root / "tv.safetensors")
+    check_equal(TaskVector.load(env.root / "tv.safetensors").metadata, metadata)
 
 
 def check_negmerge_output(env: Env) -> None:
@@ -171,6 +202,76 @@ CASES: list[Case] = [
         kind="api",
         error=ConfigError,
     ),
+    # 3. nesting past any config's need and integers past Python's digit limit: named, no traceback
+    yaml_case(
+        "yaml-deep-nesting",
+        MERGE_HEAD + "include: " + "[" * DEEP + "]" * DEEP + "\n",
+        2,
+        "merge.yaml: line 3 (under 'include'): lists and mappings are nested more than 64 levels deep",
+    ),
+    yaml_case(
+        "yaml-deep-nesting-subprocess",
+        MERGE_HEAD + "parameters:\n  density: " + "[" * DEEP + "]" * DEEP + "\n",
+        2,
+        "(under 'parameters'): lists and mappings are nested more than 64 levels deep",
+        kind="subprocess",
+    ),
+    yaml_case(
+        "yaml-long-integer",
+        MERGE_HEAD + "method: ties\nparameters:\n  ties_total_elements: " + LONG + "\n",
+        2,
+        "merge.yaml: line 5: the integer 999999999999… has 5000 digits, more than Python reads (4300)",
+    ),
+    Case(
+        "yaml-nesting-at-the-limit",
+        lambda env: check_equal(load_yaml("[" * 64 + "]" * 64, "merge file"), nested(64)),
+        0,
+        kind="api",
+    ),
+    *(
+        Case(
+            f"config-json-{name}",
+            lambda env: NegMergeConfig.from_pretrained(env.root / "cfg"),
+            2,
+            f"cfg/negmerge_config.json: {message}",
+            setup=write_config(text),
+            kind="api",
+            error=ConfigError,
+        )
+        for name, text, message in [
+            ("deep", '{"include": ' + "[" * DEEP + "]" * DEEP + "}", f"field 'include' {TOO_DEEP}"),
+            ("deep-loadable", '{"exclude": ' + "[" * 500 + "]" * 500 + "}", f"field 'exclude' {TOO_DEEP}"),
+            ("deep-not-an-object", "[" * DEEP + "]" * DEEP, f"the value {TOO_DEEP}"),
+            ("long-integer", '{"density": ' + LONG + "}", f"field 'density' {TOO_LONG}"),
+            (
+                "long-integer-in-list",
+                '{"lambda_grid": [0.5, -' + LONG + "]}",
+                f"field 'lambda_grid' {TOO_LONG}",
+            ),
+        ]
+    ),
+    Case("config-json-round-trip", config_round_trip, 0, kind="api"),
+    *(
+        Case(
+            f"vector-metadata-{name}",
+            lambda env: TaskVector.load(env.root / "tv.safetensors"),
+            2,
+            f"tv.safetensors: the 'hf_negmerge' metadata of this task vector: {message}",
+            setup=vector_with_metadata(raw),
+            kind="api",
+            error=CheckpointError,
+        )
+        for name, raw, message in [
+            ("deep", '{"runs": ' + "[" * DEEP + "]" * DEEP + "}", f"field 'runs' {TOO_DEEP}"),
+            (
+                "deep-loadable",
+                '{"runs": [' + '{"a": ' * 300 + "1" + "}" * 300 + "]}",
+                "field 'runs' is nested",
+            ),
+            ("long-integer", '{"seed": ' + LONG + "}", f"field 'seed' {TOO_LONG}"),
+        ]
+    ),
+    Case("vector-metadata-round-trip", metadata_round_trip, 0, kind="api"),
     yaml_case(
         "yaml-valid-quoted",
         MERGE_HEAD + "method: \"negmerge\"\naccumulation_dtype: 'float64'\ninclude: ['vit.*']\n",

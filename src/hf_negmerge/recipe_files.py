@@ -45,14 +45,19 @@ class StrictYamlLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._top_key: str | None = None  # the top-level key being composed, for messages
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         self._depth += 1
         try:
+            if self._depth == 2 and isinstance(index, yaml.ScalarNode):
+                self._top_key = index.value
             if self._depth > MAX_YAML_DEPTH:
                 line = self.peek_event().start_mark.line + 1
+                under = f" (under '{self._top_key}')" if self._top_key is not None else ""
                 raise ConfigError(
-                    f"line {line}: lists and mappings are nested more than {MAX_YAML_DEPTH} levels deep."
+                    f"line {line}{under}: lists and mappings are nested more than {MAX_YAML_DEPTH} "
+                    "levels deep."
                 )
             return super().compose_node(parent, index)
         finally:

@@ -24,6 +24,7 @@ from torch import nn
 from .checkpoints import CheckpointReader, save_safetensors
 from .errors import CheckpointError
 from .hub_artifact import HubArtifact
+from .json_files import parse_json
 from .key_space import KeyNames, checkpoint_state_dict, unwrap_model
 from .lambda_search import check_scale
 
@@ -445,12 +446,9 @@ class TaskVector(HubArtifact):
         raw = reader.metadata.get(_METADATA_KEY)
         if not raw:
             return cls(tensors)
-        try:
-            metadata = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise CheckpointError(
-                f"{reader.path}: the '{_METADATA_KEY}' metadata of this task vector is not valid JSON ({error})."
-            ) from error
+        metadata = parse_json(
+            raw, f"{reader.path}: the '{_METADATA_KEY}' metadata of this task vector", CheckpointError
+        )
         if not isinstance(metadata, dict):
             raise CheckpointError(
                 f"{reader.path}: the '{_METADATA_KEY}' metadata of this task vector must be a JSON object, "
