@@ -11,16 +11,18 @@ values computed here, independently, in float64.
 from __future__ import annotations
 
 import fnmatch
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from hf_negmerge import NegMergeConfig, TaskVector
 from hf_negmerge.errors import CheckpointError, ConfigError
+from hf_negmerge.negation import unlearn, write_unlearned_checkpoint
 from hf_negmerge.recipe_files import load_yaml
 from test_reliability_merge import (  # noqa: F401 (prototype is a fixture)
     Case,
@@ -41,6 +43,7 @@ from test_reliability_merge import (  # noqa: F401 (prototype is a fixture)
 MERGE_HEAD = "base: base\nmodels: [ft0, ft1]\n"
 DEEP = 100_000  # nesting levels: far past Python's recursion limit
 LONG = "9" * 5000  # digits: past Python's int conversion limit (4300)
+SHAPES = {"a": (3, 4), "b": (5,), "c": (2, 2, 2)}
 TOO_DEEP = "is nested more than 64 levels deep"
 TOO_LONG = "holds an integer of 5000 digits, more than Python reads (4300)"
 YAML_BOOLEAN = "YAML reads an unquoted yes, no, on, off, true or false as a boolean"
@@ -93,6 +96,113 @@ def metadata_round_trip(env: Env) -> None:
     metadata = {"deep": nested(63), "seed": 10**40, "runs": [{"name": "ft0", "lr": 1e-5}]}
     TaskVector({"w": torch.ones(2)}, metadata).save(env.root / "tv.safetensors")
     check_equal(TaskVector.load(env.root / "tv.safetensors").metadata, metadata)
+
+
+# -- TaskVector numerics ------------------------------------------------------------------------
+
+
+def vector(dtype: torch.dtype = torch.float32, **values: list[float]) -> TaskVector:
+    return TaskVector({key: torch.tensor(entries, dtype=dtype) for key, entries in values.items()})
+
+
+def random_vector(dtype: torch.dtype, seed: int) -> TaskVector:
+    generator = torch.Generator().manual_seed(seed)
+    return TaskVector(
+        {key: torch.randn(shape, generator=generator).to(dtype) for key, shape in SHAPES.items()}
+    )
+
+
+def arithmetic_matches_float64(dtype: torch.dtype, other_dtype: torch.dtype) -> Callable[[Env], None]:
+    """+, - and unary - give the float64 result rounded once to the result's dtype; scalar * is
+    within one rounding of it (the scale itself is rounded to float32 first)."""
+
+    def call(env: Env) -> None:
+        one, two = random_vector(dtype, 1), random_vector(other_dtype, 2)
+        result_dtype = torch.promote_types(dtype, other_dtype)
+        expected = {
+            "sum": (one + two, lambda a, b: a + b, result_dtype),
+            "difference": (one - two, lambda a, b: a - b, result_dtype),
+            "scaled": (one * 0.37, lambda a, b: 0.37 * a, dtype),
+            "rscaled": (3 * one, lambda a, b: 3 * a, dtype),
+            "negated": (-one, lambda a, b: -a, dtype),
+        }
+        for name, (got, formula, wanted) in expected.items():
+            rtol = torch.finfo(wanted).eps if name == "scaled" else 0.0
+            for key in SHAPES:
+                reference = formula(one[key].double(), two[key].double())
+                assert got[key].dtype == wanted, (name, key, got[key].dtype)
+                assert torch.isfinite(got[key]).all()
+                torch.testing.assert_close(
+                    got[key].double(), reference.to(wanted).double(), rtol=rtol, atol=0
+                )
+
+    return call
+
+
+def mutated(values: dict[str, float]) -> TaskVector:
+    """A valid vector whose tensors were changed afterwards in place (what the checks must catch)."""
+    tensors = {"weight": torch.full((1, 2), 0.25), "bias": torch.full((1,), 0.5)}
+    result = TaskVector(tensors)
+    for key, value in values.items():
+        result.tensors[key][0] = value
+    return result
+
+
+def linear_model(env: Env) -> torch.nn.Linear:
+    """A small model; its tensors as they were are kept in `env.state` for `model_unchanged`."""
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        model.bias.fill_(3.0)
+    env.state["model"], env.state["before"] = model, {k: v.clone() for k, v in model.state_dict().items()}
+    return model
+
+
+def model_unchanged(env: Env) -> None:
+    after = env.state["model"].state_dict()
+    assert all(torch.equal(after[key], value) for key, value in env.state["before"].items())
+
+
+def unlearn_state_dict(tau: Callable[[], TaskVector], scale: float) -> Callable[[Env], None]:
+    """`unlearn` on a state dict; the dict handed in must come back untouched."""
+
+    def call(env: Env) -> None:
+        state = {"w": torch.tensor([1.0, -1.0]), "steps": torch.tensor([7])}
+        env.state["given"] = state
+        env.state["result"] = unlearn(state, tau(), scale)
+
+    return call
+
+
+def state_dict_unchanged(env: Env) -> None:
+    given = env.state["given"]
+    assert torch.equal(given["w"], torch.tensor([1.0, -1.0])) and torch.equal(
+        given["steps"], torch.tensor([7])
+    )
+
+
+def unlearned_matches_float64(env: Env) -> None:
+    state_dict_unchanged(env)
+    expected = (torch.tensor([1.0, -1.0]).double() - 0.5 * torch.tensor([0.25, 4.0]).double()).float()
+    assert torch.equal(env.state["result"]["w"], expected)
+    assert torch.equal(env.state["result"]["steps"], torch.tensor([7]))
+
+
+def save_vector(tau: Callable[[], TaskVector]) -> Callable[[Env], None]:
+    def call(env: Env) -> None:
+        tau().save(env.root / "tv.safetensors")
+
+    return call
+
+
+def no_vector_file(env: Env) -> None:
+    assert not (env.root / "tv.safetensors").exists()
+    assert not [path for path in env.root.iterdir() if path.name.startswith(".")]
+
+
+def int_tensor_checkpoint(env: Env) -> None:
+    (env.root / "ibase").mkdir()
+    save_file({"w": torch.ones(2), "steps": torch.tensor([3])}, env.root / "ibase" / "model.safetensors")
 
 
 def check_negmerge_output(env: Env) -> None:
@@ -272,6 +382,187 @@ CASES: list[Case] = [
         ]
     ),
     Case("vector-metadata-round-trip", metadata_round_trip, 0, kind="api"),
+    # 4. TaskVector numerics: nothing non-finite is built, returned, written or saved
+    *(
+        Case(f"vector-{name}", lambda env, call=call: call(), 2, message, kind="api", error=CheckpointError)
+        for name, call, message in [
+            (
+                "fp16-sum-overflows",
+                lambda: (
+                    vector(torch.float16, a=[1.0], w=[60000.0]) + vector(torch.float16, a=[1.0], w=[10000.0])
+                ),
+                "the sum of the task vectors is not finite in tensor 'w': the result overflows torch.float16 "
+                "(float32 vectors would hold it)",
+            ),
+            (
+                "fp16-difference-overflows",
+                lambda: vector(torch.float16, w=[60000.0]) - vector(torch.float16, w=[-60000.0]),
+                "the difference of the task vectors is not finite in tensor 'w': the result overflows torch.float16",
+            ),
+            (
+                "fp16-scaling-overflows",
+                lambda: vector(torch.float16, a=[1.0], w=[40000.0]) * 2,
+                "scaling the task vector by 2 is not finite in tensor 'w': the result overflows torch.float16",
+            ),
+            (
+                "fp16-rscaling-overflows",
+                lambda: 1e5 * vector(torch.float16, w=[1.0]),
+                "scaling the task vector by 100000 is not finite in tensor 'w'",
+            ),
+            (
+                "fp32-scaling-overflows",
+                lambda: vector(w=[1.0]) * 1e300,
+                "scaling the task vector by 1e+300 is not finite in tensor 'w': the result overflows torch.float32.",
+            ),
+            (
+                "fp32-sum-overflows",
+                lambda: vector(w=[3e38], v=[0.0]) + vector(w=[3e38], v=[0.0]),
+                "the sum of the task vectors is not finite in tensor 'w'",
+            ),
+            (
+                "nan-entry",
+                lambda: vector(a=[0.0], b=[1.0, math.nan]),
+                "task vector: tensor 'b' contains NaN or Inf values",
+            ),
+            (
+                "inf-entry",
+                lambda: vector(torch.float16, c=[-math.inf]),
+                "task vector: tensor 'c' contains NaN or Inf",
+            ),
+        ]
+    ),
+    Case("vector-fp16-arithmetic", arithmetic_matches_float64(torch.float16, torch.float16), 0, kind="api"),
+    Case("vector-fp32-arithmetic", arithmetic_matches_float64(torch.float32, torch.float32), 0, kind="api"),
+    Case("vector-mixed-arithmetic", arithmetic_matches_float64(torch.float16, torch.float32), 0, kind="api"),
+    Case(
+        "unlearn-scaled-vector-overflows",
+        unlearn_state_dict(lambda: vector(w=[1.0, 1.0]) * 1e308, 1),
+        2,
+        "scaling the task vector by 1e+308 is not finite in tensor 'w'",
+        kind="api",
+        error=CheckpointError,
+    ),
+    Case(
+        "unlearn-float64-vector-overflows-float32",
+        unlearn_state_dict(lambda: vector(torch.float64, w=[1e308, 0.0]), 1),
+        2,
+        "θ + scale·τ (scale=-1) is not finite in tensor 'w' of the state dict: the result overflows torch.float32",
+        kind="api",
+        error=CheckpointError,
+        check=state_dict_unchanged,
+    ),
+    Case(
+        "unlearn-huge-lambda",
+        unlearn_state_dict(lambda: vector(w=[0.25, 4.0]), 1e300),
+        2,
+        "θ + scale·τ (scale=-1e+300) is not finite in tensor 'w' of the state dict",
+        kind="api",
+        error=CheckpointError,
+        check=state_dict_unchanged,
+    ),
+    Case(
+        "unlearn-integer-target",
+        lambda env: unlearn(
+            {"w": torch.ones(2), "steps": torch.tensor([7])}, vector(w=[0.0, 0.0], steps=[0.0]), 1
+        ),
+        2,
+        "Tensor 'steps' of the state dict has dtype torch.int64, but the task vector has an entry for it",
+        kind="api",
+        error=CheckpointError,
+    ),
+    Case(
+        "unlearn-valid",
+        unlearn_state_dict(lambda: vector(w=[0.25, 4.0]), 0.5),
+        0,
+        kind="api",
+        check=unlearned_matches_float64,
+    ),
+    *(
+        Case(
+            f"negate-into-{name}",
+            lambda env, tau=tau, scale=scale: mutated(tau).negate_into(linear_model(env), scale),
+            2,
+            f"is not finite in tensor '{key}' of the Linear",
+            kind="api",
+            error=CheckpointError,
+            check=model_unchanged,
+        )
+        for name, tau, scale, key in [
+            ("nan-vector", {"weight": math.nan}, 1.0, "weight"),
+            ("inf-vector", {"bias": math.inf}, 0.5, "bias"),
+            ("overflow-in-last-tensor", {"bias": 1e38}, 10.0, "bias"),
+        ]
+    ),
+    Case(
+        "negate-into-integer-buffer",
+        lambda env: vector(weight=[[0.0, 0.0]], steps=[0.0]).negate_into(
+            {**linear_model(env).state_dict(), "steps": torch.tensor([1])}, 1.0
+        ),
+        2,
+        "Tensor 'steps' of the state dict has dtype torch.int64",
+        kind="api",
+        error=CheckpointError,
+        check=model_unchanged,
+    ),
+    Case(
+        "negate-into-valid",
+        lambda env: mutated({"weight": -1.5}).negate_into(linear_model(env), 2.0),
+        0,
+        kind="api",
+        check=lambda env: check_equal(
+            [env.state["model"].weight.tolist(), env.state["model"].bias.tolist()], [[[4.0, 1.0]], [2.0]]
+        ),
+    ),
+    Case(
+        "unlearned-checkpoint-integer-target",
+        lambda env: write_unlearned_checkpoint(
+            env.root / "ibase", vector(steps=[1.0]), 1.0, env.root / "out"
+        ),
+        2,
+        "Tensor 'steps' of the base checkpoint",
+        setup=int_tensor_checkpoint,
+        kind="api",
+        error=CheckpointError,
+    ),
+    *(
+        Case(
+            f"save-{name}",
+            save_vector(tau),
+            2,
+            f"Cannot save the task vector to {{root}}/tv.safetensors (nothing was written): {message}",
+            kind="api",
+            error=CheckpointError,
+            check=no_vector_file,
+        )
+        for name, tau, message in [
+            ("inf-tensor", lambda: mutated({"bias": math.inf}), "tensor 'bias' contains NaN or Inf values"),
+            (
+                "nan-tensor",
+                lambda: mutated({"weight": math.nan}),
+                "tensor 'weight' contains NaN or Inf values",
+            ),
+            (
+                "metadata-not-json",
+                lambda: TaskVector({"w": torch.ones(1)}, {"when": object()}),
+                "its metadata cannot be written as JSON",
+            ),
+            (
+                "metadata-too-deep",
+                lambda: TaskVector({"w": torch.ones(1)}, {"runs": nested(100)}),
+                f"its metadata: field 'runs' {TOO_DEEP}",
+            ),
+        ]
+    ),
+    Case(
+        "save-over-an-earlier-vector",
+        save_vector(lambda: mutated({"bias": math.inf})),
+        2,
+        "tensor 'bias' contains NaN or Inf values",
+        setup=lambda env: TaskVector({"w": torch.ones(2)}).save(env.root / "tv.safetensors"),
+        kind="api",
+        error=CheckpointError,
+        check=lambda env: check_equal(TaskVector.load(env.root / "tv.safetensors").keys(), ["w"]),
+    ),
     yaml_case(
         "yaml-valid-quoted",
         MERGE_HEAD + "method: \"negmerge\"\naccumulation_dtype: 'float64'\ninclude: ['vit.*']\n",
@@ -291,7 +582,7 @@ def test_values(case: Case, prototype: Path, tmp_path: Path, monkeypatch: pytest
     before = snapshot(root)
     message = _invoke(case, env, capsys)
     after = snapshot(root)
-    assert case.message in message, message
+    assert case.message.format(root=root) in message, message
     assert "Traceback" not in message
     kept = {name for name in before if any(fnmatch.fnmatchcase(name, pattern) for pattern in case.kept)}
     changed = sorted(name for name in kept if after.get(name) != before[name])
