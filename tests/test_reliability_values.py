@@ -332,6 +332,23 @@ CASES: list[Case] = [
         2,
         "merge.yaml: line 5: the integer 999999999999… has 5000 digits, more than Python reads (4300)",
     ),
+    *(
+        Case(
+            f"recipe-{name}",
+            lambda env: ["unlearn", "--no-progress", "--dry-run", "--config", str(env.root / "recipe.yaml")],
+            2,
+            f"recipe.yaml: {message}",
+            setup=lambda env, text=text: (env.root / "recipe.yaml").write_text(text, encoding="utf-8"),
+        )
+        for name, text, message in [
+            (
+                "deep-nesting",
+                "data:\n  dataset: digits\n  forget_classes: " + "[" * DEEP + "]" * DEEP + "\n",
+                "line 3 (under 'data'): lists and mappings are nested more than 64 levels deep",
+            ),
+            ("long-integer", "seed: " + LONG + "\n", "line 1: the integer 999999999999… has 5000 digits"),
+        ]
+    ),
     Case(
         "yaml-nesting-at-the-limit",
         lambda env: check_equal(load_yaml("[" * 64 + "]" * 64, "merge file"), nested(64)),
@@ -552,6 +569,16 @@ CASES: list[Case] = [
                 f"its metadata: field 'runs' {TOO_DEEP}",
             ),
         ]
+    ),
+    Case(
+        "save-pretrained-inf-tensor",
+        lambda env: mutated({"weight": -math.inf}).save_pretrained(env.root / "saved" / "vector"),
+        2,
+        "Cannot save the task vector to {root}/saved/vector/task_vector.safetensors (nothing was written): "
+        "tensor 'weight' contains NaN or Inf values",
+        kind="api",
+        error=CheckpointError,
+        check=lambda env: check_equal((env.root / "saved").exists(), False),
     ),
     Case(
         "save-over-an-earlier-vector",

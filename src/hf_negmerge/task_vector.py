@@ -452,6 +452,14 @@ class TaskVector(HubArtifact):
         deep) is refused here, before anything is written.
         """
         path = Path(path)
+        save_safetensors(self.tensors, path, metadata={_METADATA_KEY: self._checked_metadata(path)})
+        return path
+
+    def _check_savable(self, save_directory: Path) -> None:
+        self._checked_metadata(save_directory / TASK_VECTOR_NAME)
+
+    def _checked_metadata(self, path: Path) -> str:
+        """The metadata as JSON, once every tensor is finite and the JSON is what `load` accepts."""
         refused = f"Cannot save the task vector to {path} (nothing was written)"
         for key, tensor in self.tensors.items():
             check_finite(tensor, key, refused)
@@ -460,8 +468,7 @@ class TaskVector(HubArtifact):
         except (TypeError, ValueError, RecursionError) as error:
             raise CheckpointError(f"{refused}: its metadata cannot be written as JSON ({error}).") from None
         parse_json(metadata, f"{refused}: its metadata", CheckpointError)
-        save_safetensors(self.tensors, path, metadata={_METADATA_KEY: metadata})
-        return path
+        return metadata
 
     @classmethod
     def load(cls, path: str | Path) -> TaskVector:
