@@ -13,6 +13,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,13 +23,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hf_negmerge import NegMergeConfig, TaskVector
-from hf_negmerge.errors import CheckpointError, ConfigError
+from hf_negmerge.cli import main
+from hf_negmerge.errors import CheckpointError, ConfigError, NegMergeError
 from hf_negmerge.negation import unlearn, write_unlearned_checkpoint
 from hf_negmerge.recipe_files import load_yaml
 from test_reliability_merge import (  # noqa: F401 (prototype is a fixture)
     Case,
     Env,
-    _invoke,
+    child_env,
     negmerge_reference,
     prototype,
     snapshot,
@@ -463,7 +466,7 @@ CASES: list[Case] = [
         "unlearn-float64-vector-overflows-float32",
         unlearn_state_dict(lambda: vector(torch.float64, w=[1e308, 0.0]), 1),
         2,
-        "θ + scale·τ (scale=-1) is not finite in tensor 'w' of the state dict: the result overflows torch.float32",
+        "θ − 1·τ is not finite in tensor 'w' of the state dict: the result overflows torch.float32",
         kind="api",
         error=CheckpointError,
         check=state_dict_unchanged,
@@ -472,7 +475,7 @@ CASES: list[Case] = [
         "unlearn-huge-lambda",
         unlearn_state_dict(lambda: vector(w=[0.25, 4.0]), 1e300),
         2,
-        "θ + scale·τ (scale=-1e+300) is not finite in tensor 'w' of the state dict",
+        "θ − 1e+300·τ is not finite in tensor 'w' of the state dict",
         kind="api",
         error=CheckpointError,
         check=state_dict_unchanged,
@@ -619,3 +622,29 @@ def test_values(case: Case, prototype: Path, tmp_path: Path, monkeypatch: pytest
         assert not staging_left(root)
     if case.check is not None:
         case.check(env)
+
+
+def _invoke(case: Case, env: Env, capsys) -> str:
+    """Run the case; assert its exit code; return its message (stderr or the error text)."""
+    if case.kind == "cli":
+        capsys.readouterr()
+        code = main(case.call(env))
+        message = capsys.readouterr().err
+    elif case.kind == "subprocess":
+        done = subprocess.run(
+            [sys.executable, "-m", "hf_negmerge.cli", *case.call(env)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+        )
+        code, message = done.returncode, done.stderr
+    else:
+        try:
+            case.call(env)
+        except NegMergeError as error:
+            assert isinstance(error, case.error), f"{type(error).__name__}: {error}"
+            code, message = 2, str(error)
+        else:
+            code, message = 0, ""
+    assert code == case.code, message
+    return message

@@ -4,7 +4,7 @@ Only floating-point tensors carry a task vector; integer and bool buffers (posit
 `num_batches_tracked`) are not weights that fine-tuning moves, so they always pass through
 from the base model untouched.
 
-Longer than most modules (~470 lines) because `TaskVector` is one type: its constructors (models,
+Longer than most modules (~550 lines) because `TaskVector` is one type: its constructors (models,
 state dicts, folders, LoRA adapters), its arithmetic and its file and Hub I/O all depend on the same
 key-space and dtype rules, which live here once.
 """
@@ -519,9 +519,10 @@ def _checked_sum(
     check_float_target(base, key, where)
     result = add_scaled(base, delta, scale)
     if not torch.isfinite(result).all():
+        formula = f"θ − {-scale:g}·τ" if scale < 0 else f"θ + {scale:g}·τ"
         raise CheckpointError(
-            f"θ + scale·τ (scale={scale:g}) is not finite in tensor '{key}' of the {where}: the result "
-            f"overflows {base.dtype} or an input holds NaN or Inf; nothing was changed. Use a smaller scale."
+            f"{formula} is not finite in tensor '{key}' of the {where}: the result overflows "
+            f"{base.dtype} or an input holds NaN or Inf; nothing was changed. Use a smaller scale."
         )
     return result
 
@@ -532,7 +533,7 @@ def _fitted(exact: torch.Tensor, dtype: torch.dtype, key: str, what: str) -> tor
     if not torch.isfinite(result).all():
         raise CheckpointError(
             f"{what} is not finite in tensor '{key}': the result overflows {dtype}"
-            + (" (float32 vectors would hold it)." if dtype in (torch.float16, torch.bfloat16) else ".")
+            + (" (float32 vectors would hold it)." if dtype == torch.float16 else ".")
         )
     return result
 
