@@ -373,6 +373,8 @@ CASES: list[Case] = [
             ("deep-loadable", '{"exclude": ' + "[" * 500 + "]" * 500 + "}", f"field 'exclude' {TOO_DEEP}"),
             ("deep-not-an-object", "[" * DEEP + "]" * DEEP, f"the value {TOO_DEEP}"),
             ("long-integer", '{"density": ' + LONG + "}", f"field 'density' {TOO_LONG}"),
+            ("duplicate-key", '{"density": 0.5, "density": 0.9}', "key 'density' is given twice"),
+            ("duplicate-nested-key", '{"include": [{"a": 1, "a": 2}]}', "key 'a' is given twice"),
             (
                 "long-integer-in-list",
                 '{"lambda_grid": [0.5, -' + LONG + "]}",
@@ -399,6 +401,7 @@ CASES: list[Case] = [
                 "field 'runs' is nested",
             ),
             ("long-integer", '{"seed": ' + LONG + "}", f"field 'seed' {TOO_LONG}"),
+            ("duplicate-key", '{"seed": 1, "seed": 2}', "key 'seed' is given twice"),
         ]
     ),
     Case("vector-metadata-round-trip", metadata_round_trip, 0, kind="api"),

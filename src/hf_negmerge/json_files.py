@@ -1,10 +1,11 @@
 """JSON that users or other tools wrote, read so that every failure names the file and the field.
 
-`json.loads` fails in ways that are not `JSONDecodeError`s: nesting deeper than Python's
-recursion limit raises `RecursionError`, an integer longer than Python converts (4300 digits by
-default) raises a bare `ValueError`, and a value nested a few hundred levels deep loads but breaks
-the code that walks it later. Here each is the caller's `NegMergeError` naming the source and the
-top-level field it sits in. Configs and metadata are small, so the extra walk costs nothing.
+A key given twice is refused (`json.loads` silently keeps the last value). `json.loads` also
+fails in ways that are not `JSONDecodeError`s: nesting deeper than Python's recursion limit raises
+`RecursionError`, an integer longer than Python converts (4300 digits by default) raises a bare
+`ValueError`, and a value nested a few hundred levels deep loads but breaks the code that walks it
+later. Here each is the caller's `NegMergeError` naming the source and the field. Configs and
+metadata are small, so the extra walk costs nothing.
 """
 
 from __future__ import annotations
@@ -40,8 +41,20 @@ def read_json_file(path: Path, error: type[NegMergeError] = ConfigError) -> Any:
 
 def parse_json(text: str, source: str, error: type[NegMergeError] = ConfigError) -> Any:
     """`text` as JSON; `source` says what it is in messages ("x.safetensors: the metadata")."""
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise error(
+                    f"{source}: key '{key}' is given twice; JSON readers silently keep only the last "
+                    "value, so give each key once."
+                )
+            seen.add(key)
+        return dict(pairs)
+
     try:
-        value = json.loads(text, parse_int=_integer)
+        value = json.loads(text, parse_int=_integer, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as problem:
         raise error(f"{source} is not valid JSON: {problem}") from problem
     except RecursionError:
