@@ -294,6 +294,28 @@ CASES: list[Case] = [
         2,
         f"models[0].revision must be a branch, tag or commit id, got False: {YAML_BOOLEAN}",
     ),
+    *(
+        yaml_case(
+            f"yaml-numeric-revision-{written}",
+            f"base: base\nmodels: [{{model: org/run, revision: {written}}}, ft1]\n",
+            2,
+            f"models[0].revision must be a branch, tag or commit id as text, got the number {read}: "
+            "YAML reads an unquoted id made of digits",
+        )
+        for written, read in [
+            ("0123", "83"),
+            ("1_000", "1000"),
+            ("1234e56", "1.234e+59"),
+            ("1234567", "1234567"),
+        ]
+    ),
+    yaml_case(
+        "yaml-python-tag",
+        MERGE_HEAD + "method: !!python/object/apply:os.system ['touch pwned']\n",
+        2,
+        "merge.yaml is not valid YAML: line 3, column 9: could not determine a constructor for the tag",
+        check=lambda env: check_equal((env.root / "pwned").exists(), False),
+    ),
     yaml_case(
         "yaml-quoted-yes-is-text",
         MERGE_HEAD + "method: 'yes'\n",

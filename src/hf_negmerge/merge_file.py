@@ -230,9 +230,15 @@ def _reference(value: Any, where: str, root: Path) -> ModelRef:
         raise ConfigError(f"{where}.model must be a folder or a Hub id, got {model!r}.")
     if isinstance(revision, bool):
         raise _yaml_boolean(f"{where}.revision", revision, "a branch, tag or commit id")
-    if revision is not None and (not isinstance(revision, str | int) or not str(revision)):
+    if isinstance(revision, int | float):  # the id as written is lost: 0123 → 83, 1_0 → 10, 12e4 → 120000.0
+        raise ConfigError(
+            f"{where}.revision must be a branch, tag or commit id as text, got the number {revision!r}: "
+            "YAML reads an unquoted id made of digits (0123, 1_000, 12e4) as a number, which changes it. "
+            "Quote it."
+        )
+    if revision is not None and (not isinstance(revision, str) or not revision):
         raise ConfigError(f"{where}.revision must be a branch, tag or commit id, got {revision!r}.")
-    return ModelRef(model, str(revision) if revision is not None else None, root=root)
+    return ModelRef(model, revision, root=root)
 
 
 @dataclass(frozen=True)
