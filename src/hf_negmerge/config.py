@@ -25,6 +25,7 @@ from typing import Any
 from huggingface_hub import ModelHubMixin
 
 from .errors import ConfigError
+from .json_files import read_json_file
 from .lambda_search import LambdaSearchConfig, default_lambda_grid
 
 __all__ = [
@@ -131,12 +132,7 @@ class _ConfigFile(ModelHubMixin):
             from .hub.download import download_file
 
             path = download_file(str(name_or_path), CONFIG_NAME, revision=revision, token=token)
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{path} is not valid JSON: {error}") from error
-        except OSError as error:
-            raise ConfigError(f"{path} cannot be read ({error.strerror or error}).") from error
+        values = read_json_file(path)
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a JSON object, got {type(values).__name__}.")
         own = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -304,7 +300,12 @@ class NegMergeConfig(LambdaSearchConfig, MergeConfig):
 def _check_choice(
     owner: str, name: str, value: object, choices: tuple[str, ...], what: str = "choice"
 ) -> None:
-    if not isinstance(value, str) or value not in choices:
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{owner}.{name} must be a string, one of {', '.join(choices)}; "
+            f"got {type(value).__name__} {value!r}."
+        )
+    if value not in choices:
         raise ConfigError(
             f"{owner}.{name}={value!r} is not a known {what}; choose one of {', '.join(choices)}."
         )

@@ -61,6 +61,9 @@ class HubArtifact(
     def _save_pretrained(self, save_directory: Path) -> None:  # the mixin's hook
         raise NotImplementedError
 
+    def _check_savable(self, save_directory: Path) -> None:
+        """Refuse, before any folder is made, an artifact that its loader would refuse."""
+
     @classmethod
     def _load_folder(cls: type[_T], folder: Path, source: str) -> _T:
         """Read the artifact from a local folder; `source` is what the user named (for messages)."""
@@ -84,12 +87,14 @@ class HubArtifact(
         """Write the artifact's files into `save_directory` (created when missing), atomically.
 
         Other files there are left alone; a `README.md` describing the artifact is added only when
-        the folder has none. With `push_to_hub=True` the artifact is then pushed to `repo_id`
+        the folder has none. An artifact its loader would refuse (a non-finite tensor) raises
+        before the folder is made. With `push_to_hub=True` the artifact is then pushed to `repo_id`
         (default: the folder's name) and the commit URL is returned.
         """
         directory = Path(save_directory)
         if directory.exists() and not directory.is_dir():
             raise CheckpointError(f"Cannot save into {directory}: it is a file, not a folder.")
+        self._check_savable(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_pretrained(directory)
         if not (directory / CARD_NAME).exists():

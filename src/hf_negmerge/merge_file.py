@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import NegMergeConfig
+from .config import MERGE_METHOD_NAMES, NegMergeConfig
 from .errors import CheckpointError, ConfigError
+from .recipe_files import load_yaml, yaml_problem
 
 #: files of a model repo a merge needs: weights (safetensors), configs, processor and tokenizer, card
 MODEL_FILE_PATTERNS = ("*.safetensors", "*.json", "*.txt", "*.model", "README.md")
@@ -80,16 +82,24 @@ class MergeFile:
 
     @classmethod
     def load(cls, path: str | Path) -> MergeFile:
-        """Read and check a merge file (keys only; values are checked by NegMergeConfig)."""
+        """Read and check a merge file (keys only; values are checked by NegMergeConfig).
+
+        Read like a recipe (`recipe_files.load_yaml`): a key given twice is an error, not the last
+        value silently winning.
+        """
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(
                 f"Merge file {path} cannot be read ({getattr(error, 'strerror', None) or error})."
             ) from error
+        try:
+            raw = load_yaml(text, "merge file")
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from error
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {yaml_problem(error)}") from error
         if not isinstance(raw, dict):
             raise ConfigError(
                 f"{path} must hold a mapping (base:, models:, method:, …), got {type(raw).__name__}."
@@ -124,6 +134,7 @@ class MergeFile:
                 raise ConfigError(f"{where}'models' must be a non-empty list of models.")
             merge.models = [_reference(item, f"{where}models[{i}]", root) for i, item in enumerate(models)]
         for key in sorted(general & set(raw)):
+            _check_not_yaml_boolean(f"{where}'{key}'", key, raw[key])
             merge.values[key], merge.sources[key] = raw[key], f"{where}{key}"
         parameters = raw.get("parameters") or {}
         if not isinstance(parameters, dict):
@@ -136,6 +147,7 @@ class MergeFile:
                     + (f" ('{key}' goes at the top level)" if key in general else "")
                     + "."
                 )
+            _check_not_yaml_boolean(f"{where}'parameters.{key}'", key, value)
             merge.values[key], merge.sources[key] = value, f"{where}parameters.{key}"
         return merge
 
@@ -163,8 +175,43 @@ class MergeFile:
         )
 
 
+def _text_fields() -> dict[str, str]:
+    """The merge fields that take text, each with what it expects (its choices, when it has them)."""
+    hints = typing.get_type_hints(NegMergeConfig)
+    expected = {}
+    for item in merge_fields():
+        if str in _members(hints[item.name]):
+            choices = MERGE_METHOD_NAMES if item.name == "method" else item.metadata.get("choices")
+            expected[item.name] = f"one of {', '.join(choices)}" if choices else "a list of strings"
+    return expected
+
+
+def _members(hint: Any) -> set[Any]:
+    """Every type a hint names, inside unions and containers (`list[str] | None`: list, str, None)."""
+    arguments = typing.get_args(hint)
+    return {typing.get_origin(hint) or hint}.union(*(_members(argument) for argument in arguments))
+
+
+def _check_not_yaml_boolean(where: str, key: str, value: Any) -> None:
+    """A boolean where a field takes text is an unquoted yes/no/on/off that YAML 1.1 read as one."""
+    expected = _text_fields().get(key)
+    if expected is not None and (
+        isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
+    ):
+        raise _yaml_boolean(where, value, expected)
+
+
+def _yaml_boolean(where: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(
+        f"{where} must be {expected}, got {value!r}: YAML reads an unquoted yes, no, on, off, true "
+        "or false as a boolean. Quote the value if it is meant as text."
+    )
+
+
 def _reference(value: Any, where: str, root: Path) -> ModelRef:
     """`value` as a ModelRef: a string, or a mapping {model, revision}."""
+    if isinstance(value, bool):
+        raise _yaml_boolean(where, value, "a folder or Hub id")
     if isinstance(value, str) and value:
         return ModelRef(value, root=root)
     if not isinstance(value, dict):
@@ -178,13 +225,21 @@ def _reference(value: Any, where: str, root: Path) -> ModelRef:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; a model entry takes 'model' and 'revision'.")
     model, revision = value.get("model"), value.get("revision")
+    if isinstance(model, bool):
+        raise _yaml_boolean(f"{where}.model", model, "a folder or Hub id")
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{where}.model must be a folder or a Hub id, got {model!r}.")
-    if revision is not None and (
-        not isinstance(revision, str | int) or isinstance(revision, bool) or not str(revision)
-    ):
+    if isinstance(revision, bool):
+        raise _yaml_boolean(f"{where}.revision", revision, "a branch, tag or commit id")
+    if isinstance(revision, int | float):  # the id as written is lost: 0123 → 83, 1_0 → 10, 12e4 → 120000.0
+        raise ConfigError(
+            f"{where}.revision must be a branch, tag or commit id as text, got the number {revision!r}: "
+            "YAML reads an unquoted id made of digits (0123, 1_000, 12e4) as a number, which changes it. "
+            "Quote it."
+        )
+    if revision is not None and (not isinstance(revision, str) or not revision):
         raise ConfigError(f"{where}.revision must be a branch, tag or commit id, got {revision!r}.")
-    return ModelRef(model, str(revision) if revision is not None else None, root=root)
+    return ModelRef(model, revision, root=root)
 
 
 @dataclass(frozen=True)

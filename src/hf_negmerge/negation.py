@@ -20,7 +20,7 @@ from .checkpoints import (
 )
 from .errors import CheckpointError
 from .lambda_search import check_scale
-from .task_vector import TaskVector, add_scaled, check_compatible
+from .task_vector import TaskVector, add_scaled, check_compatible, check_float_target
 
 __all__ = ["check_scale", "unlearn", "write_unlearned_checkpoint"]
 
@@ -74,6 +74,7 @@ def write_unlearned_checkpoint(
         tensor = reader[key]
         if key in merged.tensors:
             check_compatible(tensor.shape, merged[key].shape, key, base_dir, "merged task vector")
+            check_float_target(tensor, key, f"base checkpoint {base_dir}")
             tensor = add_scaled(tensor, merged[key], -scale)
             if not torch.isfinite(tensor).all():
                 raise CheckpointError(

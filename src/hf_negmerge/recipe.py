@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,49 +22,9 @@ from .data import DataConfig
 from .errors import ConfigError
 from .merging import available_methods
 from .models import ModelConfig
-from .recipe_files import BUILTIN_RECIPES_DIR, DEFAULT_RECIPE, available_recipes
+from .recipe_files import BUILTIN_RECIPES_DIR, DEFAULT_RECIPE, available_recipes, load_yaml, yaml_problem
 from .recipe_schema import MappingSchema
 from .training.grid import GridSpec, HyperparameterError
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that refuses repeated and non-string mapping keys (plain YAML keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)  # resolve `<<:` merge keys first, as SafeLoader does
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if not isinstance(key, str):
-                raise ConfigError(f"line {line}: recipe keys must be strings, got {key!r}.")
-            if key in seen:
-                raise ConfigError(
-                    f"line {line}: duplicate key {key!r} (first given on line {seen[key]}); "
-                    "YAML would silently keep only the last value, so give each key once."
-                )
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-# YAML 1.1 (PyYAML) reads `1e-5` as a string; recipes are full of such learning rates, so read
-# exponent floats without a dot as numbers, as YAML 1.2 does.
-_RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """PyYAML's message on one line: where, then what."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
-
-
-def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_RecipeLoader)  # safe: _RecipeLoader is a SafeLoader
 
 
 @dataclass
@@ -291,12 +250,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not separator or not key.strip():
         raise ConfigError(f"Override {text!r} must look like key.subkey=value.")
     try:
-        value = _load_yaml(raw) if raw.strip() else None
+        value = load_yaml(raw, "recipe") if raw.strip() else None
     except ConfigError as error:
         raise ConfigError(f"Override {text!r}: {error}") from error
     except yaml.YAMLError as error:
         raise ConfigError(
-            f"Override {text!r}: the value is not valid YAML ({_yaml_problem(error)})."
+            f"Override {text!r}: the value is not valid YAML ({yaml_problem(error)})."
         ) from error
     return key.strip().split("."), value
 
@@ -346,11 +305,11 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"Cannot read recipe {path}: {error.strerror or error}.") from error
     try:
-        values = _load_yaml(text)
+        values = load_yaml(text, "recipe")
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(error)}") from error
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(error)}") from error
     if values is None:
         raise ConfigError(
             f"{path} is empty: a recipe needs at least one section (data:, model:, grid:, ...). "

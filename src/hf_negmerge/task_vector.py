@@ -4,7 +4,7 @@ Only floating-point tensors carry a task vector; integer and bool buffers (posit
 `num_batches_tracked`) are not weights that fine-tuning moves, so they always pass through
 from the base model untouched.
 
-Longer than most modules (~470 lines) because `TaskVector` is one type: its constructors (models,
+Longer than most modules (~550 lines) because `TaskVector` is one type: its constructors (models,
 state dicts, folders, LoRA adapters), its arithmetic and its file and Hub I/O all depend on the same
 key-space and dtype rules, which live here once.
 """
@@ -25,6 +25,7 @@ from .checkpoints import CheckpointReader, save_safetensors
 from .errors import CheckpointError
 from .folder_kinds import check_distinct_weights, check_weight_content, check_weight_dtypes
 from .hub_artifact import HubArtifact
+from .json_files import parse_json
 from .key_space import KeyNames, checkpoint_state_dict, unwrap_model
 from .lambda_search import check_scale
 
@@ -102,6 +103,7 @@ class TaskVector(HubArtifact):
                 raise CheckpointError(
                     f"Task vector entry '{key}' has dtype {tensor.dtype}; only float tensors can be."
                 )
+            check_finite(tensor, key, "task vector")
         self.tensors: dict[str, torch.Tensor] = dict(tensors)
         self.metadata: dict[str, Any] = dict(metadata or {})
 
@@ -277,11 +279,21 @@ class TaskVector(HubArtifact):
             )
 
     def __add__(self, other: TaskVector) -> TaskVector:
-        self._check_same_keys(other)
-        return TaskVector({k: t + other.tensors[k] for k, t in self.tensors.items()})
+        return self._combine(other, 1.0, "the sum of the task vectors")
 
     def __sub__(self, other: TaskVector) -> TaskVector:
-        return self + (-other)
+        return self._combine(other, -1.0, "the difference of the task vectors")
+
+    def _combine(self, other: TaskVector, sign: float, what: str) -> TaskVector:
+        """self + sign·other key by key, computed in at least float32 and checked to fit the dtype."""
+        self._check_same_keys(other)
+        combined = {}
+        for key, tensor in self.tensors.items():
+            dtype = torch.promote_types(tensor.dtype, other.tensors[key].dtype)
+            wide = torch.promote_types(dtype, torch.float32)
+            exact = tensor.to(wide) + sign * other.tensors[key].to(wide)
+            combined[key] = _fitted(exact, dtype, key, what)
+        return TaskVector(combined)
 
     def __neg__(self) -> TaskVector:
         return TaskVector({k: -t for k, t in self.tensors.items()}, self.metadata)
@@ -289,7 +301,11 @@ class TaskVector(HubArtifact):
     def __mul__(self, scale: float) -> TaskVector:
         if not isinstance(scale, int | float) or not math.isfinite(scale):
             return NotImplemented
-        return TaskVector({k: t * scale for k, t in self.tensors.items()}, self.metadata)
+        scaled = {}
+        for key, tensor in self.tensors.items():
+            exact = tensor.to(torch.promote_types(tensor.dtype, torch.float32)) * scale
+            scaled[key] = _fitted(exact, tensor.dtype, key, f"scaling the task vector by {scale:g}")
+        return TaskVector(scaled, self.metadata)
 
     __rmul__ = __mul__
 
@@ -339,7 +355,9 @@ class TaskVector(HubArtifact):
         returned in the naming it was given: checkpoint names are used as they are; runtime
         names (a live model's `state_dict()`) need `model=`, the model they come from (or any
         of its architecture), to be translated. Each sum is computed in float32 (or wider) and
-        cast back to the target's dtype.
+        cast back to the target's dtype. A sum that is not finite there (an overflow, or NaN/Inf in
+        either input) or a vector entry for a non-float tensor is a `CheckpointError` naming the
+        key, raised before anything is changed.
         """
         if isinstance(target, nn.Module):
             module = unwrap_model(target)
@@ -350,11 +368,13 @@ class TaskVector(HubArtifact):
                 raise CheckpointError(
                     f"{type(module).__name__} has no tensor(s) {', '.join(missing[:5])} for this task vector."
                 )
+            where = type(module).__name__
             with torch.no_grad():
+                for key, delta in self.tensors.items():  # every sum checked before any is written
+                    check_compatible(runtime[names[key]].shape, delta.shape, key, where, "task vector")
+                    _checked_sum(runtime[names[key]], delta, scale, key, where)
                 for key, delta in self.tensors.items():
-                    parameter = runtime[names[key]]
-                    check_compatible(parameter.shape, delta.shape, key, type(module).__name__, "task vector")
-                    parameter.copy_(add_scaled(parameter, delta, scale))
+                    runtime[names[key]].copy_(add_scaled(runtime[names[key]], delta, scale))
             return target
         result = dict(target)
         if model is None or all(key in result for key in self.tensors):
@@ -377,7 +397,7 @@ class TaskVector(HubArtifact):
                 )
                 raise CheckpointError(f"State dict has no tensor '{name}' for this task vector.{hint}")
             check_compatible(result[name].shape, delta.shape, key, "state dict", "task vector")
-            result[name] = add_scaled(result[name], delta, scale)
+            result[name] = _checked_sum(result[name], delta, scale, key, "state dict")
         return result
 
     def negate_into(
@@ -435,12 +455,29 @@ class TaskVector(HubArtifact):
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write one safetensors file (atomically); metadata is kept as JSON in its header."""
+        """Write one safetensors file (atomically); metadata is kept as JSON in its header.
+
+        What `load` would refuse (a non-finite tensor, metadata that is not JSON or nests too
+        deep) is refused here, before anything is written.
+        """
         path = Path(path)
-        save_safetensors(
-            self.tensors, path, metadata={_METADATA_KEY: json.dumps(self.metadata, sort_keys=True)}
-        )
+        save_safetensors(self.tensors, path, metadata={_METADATA_KEY: self._checked_metadata(path)})
         return path
+
+    def _check_savable(self, save_directory: Path) -> None:
+        self._checked_metadata(save_directory / TASK_VECTOR_NAME)
+
+    def _checked_metadata(self, path: Path) -> str:
+        """The metadata as JSON, once every tensor is finite and the JSON is what `load` accepts."""
+        refused = f"Cannot save the task vector to {path} (nothing was written)"
+        for key, tensor in self.tensors.items():
+            check_finite(tensor, key, refused)
+        try:
+            metadata = json.dumps(self.metadata, sort_keys=True)
+        except (TypeError, ValueError, RecursionError) as error:
+            raise CheckpointError(f"{refused}: its metadata cannot be written as JSON ({error}).") from None
+        parse_json(metadata, f"{refused}: its metadata", CheckpointError)
+        return metadata
 
     @classmethod
     def load(cls, path: str | Path) -> TaskVector:
@@ -454,12 +491,9 @@ class TaskVector(HubArtifact):
         raw = reader.metadata.get(_METADATA_KEY)
         if not raw:
             return cls(tensors)
-        try:
-            metadata = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise CheckpointError(
-                f"{reader.path}: the '{_METADATA_KEY}' metadata of this task vector is not valid JSON ({error})."
-            ) from error
+        metadata = parse_json(
+            raw, f"{reader.path}: the '{_METADATA_KEY}' metadata of this task vector", CheckpointError
+        )
         if not isinstance(metadata, dict):
             raise CheckpointError(
                 f"{reader.path}: the '{_METADATA_KEY}' metadata of this task vector must be a JSON object, "
@@ -469,9 +503,48 @@ class TaskVector(HubArtifact):
 
 
 def add_scaled(base: torch.Tensor, delta: torch.Tensor, scale: float) -> torch.Tensor:
-    """base + scale·delta computed in at least float32, returned in base's dtype."""
+    """base + scale·delta computed in at least float32, returned in base's dtype (unchecked)."""
     wide = torch.promote_types(base.dtype, torch.float32)
     return (base.to(wide) + scale * delta.to(wide)).to(base.dtype)
+
+
+def check_float_target(tensor: torch.Tensor, key: str, where: object) -> None:
+    """A task vector changes float tensors only: an entry for an integer or bool tensor is an error.
+
+    Task vectors are built from float tensors alone, so such an entry means the vector belongs to
+    another model; rounding the sum into the integer tensor would corrupt it silently.
+    """
+    if not tensor.is_floating_point():
+        raise CheckpointError(
+            f"Tensor '{key}' of the {where} has dtype {tensor.dtype}, but the task vector has an entry "
+            "for it; a task vector changes float tensors only."
+        )
+
+
+def _checked_sum(
+    base: torch.Tensor, delta: torch.Tensor, scale: float, key: str, where: object
+) -> torch.Tensor:
+    """`add_scaled`, refusing a non-float `base` and a result that is not finite in base's dtype."""
+    check_float_target(base, key, where)
+    result = add_scaled(base, delta, scale)
+    if not torch.isfinite(result).all():
+        formula = f"θ − {-scale:g}·τ" if scale < 0 else f"θ + {scale:g}·τ"
+        raise CheckpointError(
+            f"{formula} is not finite in tensor '{key}' of the {where}: the result overflows "
+            f"{base.dtype} or an input holds NaN or Inf; nothing was changed. Use a smaller scale."
+        )
+    return result
+
+
+def _fitted(exact: torch.Tensor, dtype: torch.dtype, key: str, what: str) -> torch.Tensor:
+    """`exact` (computed wide) cast to `dtype`; a CheckpointError naming the key if it does not fit."""
+    result = exact.to(dtype)
+    if not torch.isfinite(result).all():
+        raise CheckpointError(
+            f"{what} is not finite in tensor '{key}': the result overflows {dtype}"
+            + (" (float32 vectors would hold it)." if dtype == torch.float16 else ".")
+        )
+    return result
 
 
 def _checkpoint_dict(
