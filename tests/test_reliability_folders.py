@@ -480,7 +480,7 @@ CASES: list[Case] = [
         "index-nested-too-deeply",
         lambda e: merge_argv(e),
         2,
-        "model.safetensors.index.json: the shard index is nested too deeply",
+        "model.safetensors.index.json: the shard index: the value is nested more than 64 levels deep",
         in_turn(
             lambda e: (e.root / "ft1" / WEIGHTS).unlink(),
             lambda e: (e.root / "ft1" / "model.safetensors.index.json").write_text(NESTED),
@@ -602,7 +602,7 @@ CASES: list[Case] = [
         "base-config-nested-too-deeply",
         lambda e: merge_argv(e),
         2,
-        "base/config.json: the model config is nested too deeply",
+        "base/config.json: the model config: the value is nested more than 64 levels deep",
         base_config(NESTED),
     ),
     Case("no-config-without-scale", lambda e: merge_argv(e), 0, setup=base_config(None), check=check_merge()),

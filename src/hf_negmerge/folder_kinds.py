@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import CheckpointError
+from .json_files import parse_json
 
 if TYPE_CHECKING:
     from .checkpoints import CheckpointReader
@@ -64,20 +65,16 @@ _HASH_CHUNK = 1 << 20
 
 
 def read_json_file(path: str | Path, what: str) -> Any:
-    """The JSON value in `path`, or a `CheckpointError` naming the file and what it should hold.
-
-    Catches what a hostile or damaged file raises: invalid JSON or UTF-8, an empty file, and JSON
-    nested so deeply that the parser's recursion limit is hit.
-    """
+    """The JSON value in `path`, or a `CheckpointError` naming the file and what it should hold
+    (invalid JSON or UTF-8, an empty file, a repeated key, nesting too deep to walk)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except RecursionError as error:
-        raise CheckpointError(f"{path}: the {what} is nested too deeply to be read.") from error
-    except (ValueError, UnicodeDecodeError) as error:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
         raise CheckpointError(f"{path}: the {what} is not valid JSON ({error}).") from error
     except OSError as error:
         raise CheckpointError(f"{path}: the {what} cannot be read ({error.strerror or error}).") from error
+    return parse_json(text, f"{path}: the {what}", CheckpointError)
 
 
 def safetensors_header(path: Path) -> bytes | None:
