@@ -32,10 +32,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import atomic_write_text
+from ..checkpoints import atomic_write_text, check_output_dir
 from ..data.collate import encode_split
 from ..errors import CheckpointError, ConfigError
 from ..models._source import WEIGHT_FILE_PATTERNS, weights_sha256
+from ..models.base import CLASSIFIER_METADATA_FILE
 from .grid import canonical_json
 from .loop import TensorBatches, image_spec, train_loop
 from .packaged import find_packaged_original, settings_key
@@ -183,6 +184,7 @@ def prepare_original_model(
     packaged = find_packaged_original(target.name, digest, settings) if use_packaged else None
     if packaged is not None:
         return packaged
+    check_output_dir(target, overwrite=True, owned_marker=CLASSIFIER_METADATA_FILE)  # before training
 
     started = time.time()
     classifier = build_classifier(model_config, names).to(device)  # a GPU when there is one
