@@ -14,9 +14,10 @@ trains it on every training class first:
   5e-4, CIFAR's pad-4 random crop and horizontal flip on every batch, no gradient clipping.
 
 The result is written with `ImageClassifier.save_pretrained` to `output_dir/<arch>-<hash>`, the
-hash covering model config, class names, data fingerprint and training recipe; a folder that
-already holds `pretrain.json` is reused without training, and so is a folder shipped in the
-package under the same name and settings (the built-in default's θ₀, `packaged.py`).
+hash covering model config, class names, data fingerprint and training recipe; a folder whose
+`pretrain.json` records these settings and the sha256 its weights still have is reused without
+training (`cached_original_is_intact`), and so is a folder shipped in the package under the same
+name and settings (the built-in default's θ₀, `packaged.py`).
 """
 
 from __future__ import annotations
