@@ -348,7 +348,7 @@ def test_clip_output_gets_a_zero_shot_card(run: Run, tmp_path: Path) -> None:
     card = ModelCard.load(staging / "README.md")
     assert card.data.pipeline_tag == "zero-shot-image-classification"
     assert {r.task_type for r in card.data.eval_results} == {"zero-shot-image-classification"}
-    assert f'AutoModel.from_pretrained("{REPO}")' in card.text
+    assert f'repo = "{REPO}"' in card.text and "AutoModel.from_pretrained(repo)" in card.text
 
 
 # -- sparse negation vector --------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ named by its dotted path — before anything is downloaded or trained.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable
@@ -324,11 +325,37 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
     return values
 
 
+def _validation_error(values: dict[str, Any], overrides: list[str]) -> str | None:
+    """The message recipe_from_dict gives for the file plus these overrides; None: valid."""
+    try:
+        recipe_from_dict(apply_overrides(copy.deepcopy(values), overrides))
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def _error_source(path: Path, values: dict[str, Any], overrides: list[str], message: str) -> str:
+    """Who an invalid recipe's error is about: the file, or the override that brought the error in.
+
+    The source is the last override without which the error reads differently; the file itself
+    when the error reads the same without any override.
+    """
+    for count in reversed(range(len(overrides))):
+        if _validation_error(values, overrides[:count]) != message:
+            return f"Override {overrides[count]!r} from the command line"
+    return str(path)
+
+
 def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> UnlearnRecipe:
-    """Read a recipe (default: the built-in digits run), apply overrides, validate."""
+    """Read a recipe (default: the built-in digits run), apply overrides, validate.
+
+    An error names its source: the recipe file, or the `key=value` override it comes from.
+    """
     path = resolve_recipe_path(name_or_path or DEFAULT_RECIPE)
     values = read_recipe_file(path)
+    overrides = list(overrides or [])
+    combined = apply_overrides(copy.deepcopy(values), overrides)  # override syntax errors name themselves
     try:
-        return recipe_from_dict(apply_overrides(values, overrides or []))
+        return recipe_from_dict(combined)
     except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from error
+        raise ConfigError(f"{_error_source(path, values, overrides, str(error))}: {error}") from error

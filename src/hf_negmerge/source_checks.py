@@ -33,14 +33,16 @@ def check_sources(recipe: UnlearnRecipe) -> list[str]:
         )
     notes = _check_model_folder(recipe.model.name_or_path)
     notes += _check_original_folder(recipe.original.path)
-    notes += _check_dataset("data.dataset", data.dataset, forget_splits)
+    notes += _check_dataset("data.dataset", data.dataset, forget_splits, data.image_column)
     if data.control_dataset is not None:
         control_splits = {"data.control_test_split": data.control_test_split}
         if data.control_validation_split is not None:
             control_splits["data.control_validation_split"] = data.control_validation_split
         elif data.control_validation_from == "train":
             control_splits["data.control_train_split"] = data.control_train_split
-        notes += _check_dataset("data.control_dataset", data.control_dataset, control_splits)
+        notes += _check_dataset(
+            "data.control_dataset", data.control_dataset, control_splits, data.control_image_column
+        )
     return notes
 
 
@@ -108,9 +110,15 @@ def _check_original_folder(folder: str | None) -> list[str]:
     )
 
 
-def _check_dataset(key: str, source: Any, splits: dict[str, str]) -> list[str]:
-    """The named splits must be among those the source holds (found by listing, not loading)."""
-    from .data.loading import BUILTIN_DATASETS, _parquet_file_list
+def _check_dataset(key: str, source: Any, splits: dict[str, str], image_column: str) -> list[str]:
+    """The named splits must be among those the source holds (found by listing, not loading), and
+    parquet files must hold images in the image column (read from their schemas)."""
+    from .data.loading import (
+        BUILTIN_DATASETS,
+        _parquet_file_list,
+        check_parquet_image_column,
+        detect_source_kind,
+    )
 
     if isinstance(source, str) and source in BUILTIN_DATASETS:
         available = list(BUILTIN_DATASETS[source]())
@@ -137,6 +145,8 @@ def _check_dataset(key: str, source: Any, splits: dict[str, str]) -> list[str]:
                 f"{split_key}={split!r} is not a split of {key}={source!r}; splits found: {available}. "
                 f"Set {split_key} to one of them."
             )
+    if _named(key, detect_source_kind, source) == "parquet":
+        _named(key, check_parquet_image_column, source, image_column)
     return []
 
 

@@ -70,6 +70,7 @@ class LoadOptions:
     config_name: str | None = None
     cache_dir: str | None = None
     hub_timeout_s: float = DEFAULT_HUB_TIMEOUT_S
+    image_column: str = IMAGE_COLUMN
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ def _load_with_builder(source_name: str, options: LoadOptions, *args: Any, **kwa
 
 
 def _load_parquet(source: DataSource, options: LoadOptions) -> DatasetOrDict:
+    check_parquet_image_column(source, options.image_column)
     if isinstance(source, Mapping):
         files = {split: _parquet_file_list(paths) for split, paths in source.items()}
         return _load_with_builder(f"parquet files {files}", options, "parquet", data_files=files)
@@ -185,6 +187,46 @@ def _load_parquet(source: DataSource, options: LoadOptions) -> DatasetOrDict:
         return _load_with_builder(f"parquet file {str(path)!r}", options, "parquet", data_files=str(path))
     # Split names come from the file names (train-00000-of-00001.parquet, test.parquet, train/…).
     return _load_with_builder(f"parquet folder {str(path)!r}", options, "parquet", data_dir=str(path))
+
+
+def check_parquet_image_column(source: DataSource, column: str) -> None:
+    """Refuse a parquet source whose image column cannot hold images, naming the file.
+
+    Read from each file's schema (the footer alone), so `--dry-run` can check it too; datasets
+    would otherwise fail deep inside Arrow ("Unsupported cast from int64 to struct"). A file
+    without the column is left to the column check, which lists the columns there are.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(source, Mapping):
+        files = [file for paths in source.values() for file in _parquet_file_list(paths)]
+    elif isinstance(source, Sequence) and not isinstance(source, str):
+        files = _parquet_file_list(source)
+    else:
+        path = Path(source).expanduser()
+        files = [str(path)] if path.is_file() else [str(file) for file in sorted(path.rglob("*.parquet"))]
+    for file in files:
+        try:
+            schema = pq.read_schema(file)
+        except (OSError, pa.ArrowException) as err:
+            raise ConfigError(f"parquet file {file!r} cannot be read: {err}") from err
+        if column not in schema.names:
+            continue
+        kind = schema.field(column).type
+        fields = {kind.field(i).name for i in range(kind.num_fields)} if pa.types.is_struct(kind) else set()
+        if not (
+            pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)
+            or pa.types.is_string(kind)
+            or pa.types.is_large_string(kind)
+            or (fields and fields <= {"bytes", "path"})
+        ):
+            raise ConfigError(
+                f"parquet file {file!r}: image column {column!r} holds {kind} values, which are not images; "
+                "expected encoded image bytes (binary), image file paths (string) or a struct of bytes and "
+                "path (what datasets.Image writes); if the images are in another column, name that one as the image column."
+            )
 
 
 def _parquet_file_list(paths: PathLike | Sequence[PathLike]) -> list[str]:
@@ -310,7 +352,7 @@ def _map_columns(dataset: datasets.Dataset, image_column: str, label_column: str
     if not isinstance(dataset.features[IMAGE_COLUMN], datasets.Image):
         try:
             dataset = dataset.cast_column(IMAGE_COLUMN, datasets.Image())
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, NotImplementedError) as err:  # Arrow's "unsupported cast" included
             raise ConfigError(
                 f"{where}: column {image_column!r} holds {dataset.features[IMAGE_COLUMN]}, which is not "
                 f"an image (expected image bytes, file paths or a datasets.Image feature): {err}"
@@ -575,7 +617,7 @@ def load_image_dataset(
     if class_names is not None:
         class_names = require_class_names(class_names, purpose="class_names")
     kind = SOURCE_KINDS[detect_source_kind(source)]
-    options = LoadOptions(split, revision, config_name, cache_dir, hub_timeout_s)
+    options = LoadOptions(split, revision, config_name, cache_dir, hub_timeout_s, image_column)
     loaded = kind.load(source, options)
     name = f"dataset {str(source)!r}" if isinstance(source, (str, os.PathLike)) else "parquet dataset"
     if isinstance(loaded, datasets.Dataset):

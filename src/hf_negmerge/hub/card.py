@@ -293,24 +293,71 @@ def task_for_architectures(architectures: Sequence[str]) -> str | None:
 
 
 def usage_snippet(data: UnlearningCardData) -> str:
-    """Python that loads the processor and the model, and classifies an image with a pipeline."""
+    """Python that loads the model and classifies an image the way hf-negmerge's evaluation does."""
     repo = data.repo_id or "<this-repo>"
+    if data.task_type == "zero-shot-image-classification":
+        return _zero_shot_usage(repo)
     processor_class, model_class = AUTO_CLASSES_FOR_TASK.get(data.task_type, ("AutoProcessor", "AutoModel"))
-    call = (
-        'classifier("image.png", candidate_labels=["a photo of a cat", "a photo of a dog"])'
-        if data.task_type == "zero-shot-image-classification"
-        else 'classifier("image.png")'
-    )
     return "\n".join(
         [
+            "import torch",
+            "from PIL import Image",
             f"from transformers import {processor_class}, {model_class}, pipeline",
             "",
+            "# Images must be RGB: the image processor raises on grayscale (and RGBA) images.",
+            'image = Image.open("image.png").convert("RGB")',
             f'classifier = pipeline("{data.task_type}", model="{repo}")',
-            f"print({call})",
+            "print(classifier(image))",
             "",
             "# or step by step",
             f'processor = {processor_class}.from_pretrained("{repo}")',
             f'model = {model_class}.from_pretrained("{repo}")',
+            "with torch.no_grad():",
+            '    logits = model(**processor(images=image, return_tensors="pt")).logits',
+            "print(model.config.id2label[logits.argmax(-1).item()])",
+        ]
+    )
+
+
+def _zero_shot_usage(repo: str) -> str:
+    """CLIP: the classifier's head is its class names under every prompt template, averaged.
+
+    The zero-shot pipeline scores one prompt per label (`hypothesis_template`, default "This is
+    a photo of {}."), so neither full sentences as `candidate_labels` nor one template gives this
+    model's head; the snippet builds the head as `models.clip.zero_shot_head` does.
+    """
+    return "\n".join(
+        [
+            "import json",
+            "",
+            "import torch",
+            "import torch.nn.functional as F",
+            "from PIL import Image",
+            "from transformers import AutoModel, AutoProcessor",
+            "from transformers.utils import cached_file",
+            "",
+            f'repo = "{repo}"',
+            "model = AutoModel.from_pretrained(repo)",
+            "processor = AutoProcessor.from_pretrained(repo)",
+            "# The class names and prompt templates the model was unlearned and evaluated with.",
+            'with open(cached_file(repo, "hf_negmerge_classifier.json"), encoding="utf-8") as file:',
+            "    labels = json.load(file)",
+            'class_names, templates = labels["class_names"], labels["prompt_templates"]',
+            "",
+            "# One text-head row per class: each prompt's embedding normalised, averaged, normalised",
+            '# again. (pipeline("zero-shot-image-classification") scores one prompt per class instead.)',
+            'prompts = [template.replace("{}", name) for name in class_names for template in templates]',
+            'image = Image.open("image.png").convert("RGB")',
+            "with torch.no_grad():",
+            '    tokens = processor(text=prompts, padding=True, truncation=True, return_tensors="pt")',
+            "    text = model.get_text_features(**tokens)",
+            '    pixels = processor(images=image, return_tensors="pt")["pixel_values"]',
+            "    vision = model.get_image_features(pixel_values=pixels)",
+            "# transformers 5 returns an output object, 4.x the tensor itself",
+            'text, vision = (getattr(out, "pooler_output", out) for out in (text, vision))',
+            "rows = F.normalize(text, dim=-1).view(len(class_names), len(templates), -1).mean(dim=1)",
+            "scores = F.normalize(vision, dim=-1) @ F.normalize(rows, dim=-1).T",
+            "print(class_names[scores.argmax().item()])",
         ]
     )
 

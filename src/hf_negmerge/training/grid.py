@@ -136,14 +136,21 @@ class TrainingHyperparameters:
         if self.grad_clip is not None:
             self.grad_clip = _number("grad_clip", self.grad_clip, minimum=0.0, strict=True)
         _choice("scheduler", self.scheduler, SCHEDULERS)
-        if not isinstance(self.augmentation, str) or not self.augmentation:
-            raise HyperparameterError(
-                "augmentation",
-                f"TrainingHyperparameters.augmentation must be a transform name, got {self.augmentation!r}.",
-            )
+        self._check_augmentation()
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_MODES)
         self._check_randaugment()
         self._check_lora()
+
+    def _check_augmentation(self) -> None:
+        """A registered transform name, so a typo fails when the recipe is read, not when a run starts."""
+        from .augment import AUGMENTATIONS  # augment.py imports this module
+
+        if not isinstance(self.augmentation, str) or self.augmentation not in AUGMENTATIONS:
+            raise HyperparameterError(
+                "augmentation",
+                f"TrainingHyperparameters.augmentation={self.augmentation!r} is not a registered transform; "
+                f"known: {', '.join(sorted(AUGMENTATIONS))} (more with @register_augmentation).",
+            )
 
     def _check_randaugment(self) -> None:
         magnitude, num_ops = self.randaugment_magnitude, self.randaugment_num_ops

@@ -25,7 +25,7 @@ from .grid import canonical_json
 logger = logging.getLogger(__name__)
 
 PACKAGED_ENTRY_FILE = "packaged.json"
-_RECORD_ONLY = ("seconds", "train_accuracy", "eval_accuracy")  # pretrain.json fields outside the key
+_RECORD_ONLY = ("seconds", "train_accuracy", "eval_accuracy", "weights_sha256")  # outside the key
 
 
 def packaged_originals_dir() -> Path:

@@ -14,14 +14,16 @@ trains it on every training class first:
   5e-4, CIFAR's pad-4 random crop and horizontal flip on every batch, no gradient clipping.
 
 The result is written with `ImageClassifier.save_pretrained` to `output_dir/<arch>-<hash>`, the
-hash covering model config, class names, data fingerprint and training recipe; a folder that
-already holds `pretrain.json` is reused without training, and so is a folder shipped in the
-package under the same name and settings (the built-in default's θ₀, `packaged.py`).
+hash covering model config, class names, data fingerprint and training recipe; a folder whose
+`pretrain.json` records these settings and the sha256 its weights still have is reused without
+training (`cached_original_is_intact`), and so is a folder shipped in the package under the same
+name and settings (the built-in default's θ₀, `packaged.py`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,13 +33,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import atomic_write_text
+from ..checkpoints import atomic_write_text, check_output_dir
 from ..data.collate import encode_split
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+from ..models._source import WEIGHT_FILE_PATTERNS, weights_sha256
+from ..models.base import CLASSIFIER_METADATA_FILE
+from .grid import canonical_json
 from .loop import TensorBatches, image_spec, train_loop
 from .packaged import find_packaged_original, settings_key
 
+logger = logging.getLogger(__name__)
+
 PRETRAIN_RECORD_FILE = "pretrain.json"
+WEIGHTS_SHA256_FIELD = "weights_sha256"  # in pretrain.json: what the cached weights hashed to when saved
 _RECIPE_VERSION = 3  # 2: fused AdamW; 3: the torch thread count is part of the key
 
 Objective = Callable[[Any], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
@@ -172,11 +180,12 @@ def prepare_original_model(
         settings["source_sha256"] = source_weights_sha256(source)
     digest = settings_key(settings)
     target = Path(output_dir) / f"{model_config.architecture}-{digest}"
-    if (target / PRETRAIN_RECORD_FILE).is_file():
+    if cached_original_is_intact(target, settings):
         return target
     packaged = find_packaged_original(target.name, digest, settings) if use_packaged else None
     if packaged is not None:
         return packaged
+    check_output_dir(target, overwrite=True, owned_marker=CLASSIFIER_METADATA_FILE)  # before training
 
     started = time.time()
     classifier = build_classifier(model_config, names).to(device)  # a GPU when there is one
@@ -227,8 +236,52 @@ def prepare_original_model(
     if eval_dataset is not None:
         record["eval_accuracy"] = _fraction_correct(classifier, eval_dataset)
     classifier.save_pretrained(target)
+    record[WEIGHTS_SHA256_FIELD] = weights_sha256(target)
     atomic_write_text(target / PRETRAIN_RECORD_FILE, json.dumps(record, indent=2) + "\n")
     return target
+
+
+def cached_original_is_intact(target: Path, settings: dict[str, Any]) -> bool:
+    """Whether the cached θ₀ in `target` can be reused: its weights still hash as recorded.
+
+    A folder whose `pretrain.json` holds these settings is this tool's cache entry: weights that
+    were edited, truncated or replaced (or a record without their hash) are logged and retrained
+    in place, deterministically from the same settings. A record that is not such an entry is
+    refused, so a folder the tool did not write is never used or replaced.
+    """
+    record_path = target / PRETRAIN_RECORD_FILE
+    if not record_path.is_file():
+        return False
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"Cached θ₀ record {record_path} cannot be read ({error}); move {target} away so θ₀ is trained again."
+        ) from error
+    if not isinstance(record, dict) or canonical_json(
+        {name: record.get(name) for name in settings}
+    ) != canonical_json(settings):
+        raise CheckpointError(
+            f"Cached θ₀ record {record_path} does not hold the settings its folder name stands for, so "
+            f"hf-negmerge did not write it; move {target} away (or set original.cache_dir) so θ₀ is trained again."
+        )
+    recorded = record.get(WEIGHTS_SHA256_FIELD)
+    weights = sorted(path.name for pattern in WEIGHT_FILE_PATTERNS for path in target.glob(pattern))
+    try:
+        found = weights_sha256(target)
+    except CheckpointError:
+        found = None
+    if recorded is not None and found == recorded:
+        return True
+    logger.warning(
+        "Cached θ₀ %s: %s; training θ₀ again in its place.",
+        target,
+        f"no weights sha256 recorded in {PRETRAIN_RECORD_FILE}"
+        if recorded is None
+        else f"weight file(s) {', '.join(weights) or '(none)'} hash {str(found)[:16]}, "
+        f"{PRETRAIN_RECORD_FILE} records {str(recorded)[:16]} (changed or truncated on disk)",
+    )
+    return False
 
 
 def _fraction_correct(classifier: Any, dataset: Any) -> float:

@@ -48,7 +48,6 @@ from ..errors import CheckpointError, ConfigError, NegMergeError
 from ..key_space import KeyNames
 from ..merging.accumulate import MergeAccumulator, MergeResult
 from ..task_vector import MERGED_VECTOR_NAME, TaskVector
-from .augment import AUGMENTATIONS
 from .grid import GridPoint, GridSpec, WarmupWarning, as_grid_points, warmup_warning
 from .loop import finetune
 
@@ -147,12 +146,6 @@ class GridRunner:
             raise ConfigError(
                 f"Grid points use different mixed_precision values {precisions}; one accelerate state serves the "
                 "whole grid, so choose one."
-            )
-        unknown = sorted({p.hyperparameters.augmentation for p in self.points} - set(AUGMENTATIONS))
-        if unknown:
-            raise ConfigError(
-                f"Unknown augmentation {unknown} (grid hyperparameter 'augmentation'); "
-                f"registered: {sorted(AUGMENTATIONS)}."
             )
         if self.forget_train is None or len(self.forget_train) == 0:
             raise ConfigError("The forget set (forget_train) is empty; there is nothing to fine-tune on.")
