@@ -606,6 +606,13 @@ CASES: list[Case] = [
         base_config(NESTED),
     ),
     Case("no-config-without-scale", lambda e: merge_argv(e), 0, setup=base_config(None), check=check_merge()),
+    Case(
+        "scale-base-config-without-model-type",
+        lambda e: merge_argv(e, extra=SCALE),
+        0,
+        "names no model_type, so transformers' from_pretrained cannot load",
+        base_config("{}"),
+    ),
 ]
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
     check_no_overlap(args.out, [("base", base.folder), *(("fine-tuned run", run.folder) for run in runs)])
     effective = (merge_file or MergeFile()).effective_yaml(config, base.ref, [run.ref for run in runs])
     hub_models = list(dict.fromkeys(item.hub_id for item in (base, *runs) if item.hub_id is not None))
-    architectures = _architectures(check_model_config(base.folder, required=config.scale is not None))
+    model_config = check_model_config(base.folder, required=config.scale is not None)
+    architectures = _architectures(model_config)
     # the staging folder exists before the merge starts: a write problem shows up before the work
     with atomic_output_dir(args.out, overwrite=args.overwrite, owned_marker=OUTPUT_MARKER) as staging:
         result = merge_checkpoints(
@@ -221,6 +223,13 @@ def run(args: argparse.Namespace) -> int:
         f"Wrote {args.out / MERGED_VECTOR_NAME}"
         + (f" and {args.out / UNLEARNED_SUBDIR}" if config.scale is not None else "")
     )
+    if config.scale is not None and "model_type" not in model_config:
+        print(
+            f"Note: {base.folder / 'config.json'} names no model_type, so transformers' "
+            f"from_pretrained cannot load {args.out / UNLEARNED_SUBDIR} by itself; read its "
+            "model.safetensors with safetensors.torch.load_file.",
+            file=sys.stderr,
+        )
     return 0
 
 
