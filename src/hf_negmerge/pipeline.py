@@ -56,7 +56,7 @@ def run_unlearning(
     """
     from accelerate import PartialState
 
-    from .output_folder import check_output_dir, claim_output_folder
+    from .output_folder import check_output_dir, claim_output_folder, naming_full_disk
     from .tracking import check_trackers
 
     output_dir = check_output_dir(recipe.output_dir)
@@ -72,13 +72,14 @@ def run_unlearning(
     # cpu=True when there is no GPU: otherwise torchrun / accelerate launch CPU processes each
     # see a single-process world and all of them would run the whole grid.
     state = PartialState(cpu=not torch.cuda.is_available())
-    with state.main_process_first():  # the main process claims (checks, locks) the folder first
-        claim = claim_output_folder(output_dir, overwrite) if state.is_main_process else None
-    try:
-        return _run_claimed(recipe, progress, state, output_dir, started)
-    finally:
-        if claim is not None:
-            claim.release()
+    with naming_full_disk(output_dir):
+        with state.main_process_first():  # the main process claims (checks, locks) the folder first
+            claim = claim_output_folder(output_dir, overwrite) if state.is_main_process else None
+        try:
+            return _run_claimed(recipe, progress, state, output_dir, started)
+        finally:
+            if claim is not None:
+                claim.release()
 
 
 def _run_claimed(
