@@ -135,6 +135,17 @@ def run_trials(
     return records
 
 
+def check_trials_output(output_root: Path, trials: Sequence[Trial], overwrite: bool = False) -> None:
+    """Before any trial runs: every trial's folder must accept a run and the summary files must be
+    absent or the tool's, so a clash is named at once rather than after the last trial."""
+    from .output_folder import check_output_dir, inspect_output_folder
+
+    check_output_dir(output_root)
+    _check_ours(output_root / f"{SUMMARY_STEM}.md", output_root / f"{SUMMARY_STEM}.json")
+    for trial in trials:
+        inspect_output_folder(output_root / trial.name, overwrite)
+
+
 def meets_target(
     row: dict[str, Any], original: dict[str, float], max_forget: float, retain_ratio: float
 ) -> bool:

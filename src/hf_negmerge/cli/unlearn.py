@@ -128,7 +128,7 @@ def _run_trials(
 
     from ..plan import describe_plan
     from ..threads import configure_torch_threads
-    from ..trials import run_trials, summarise, trial_line, write_summary
+    from ..trials import check_trials_output, run_trials, summarise, trial_line, write_summary
 
     root = Path(recipe.output_dir)
     names = ", ".join(f"{root / trial.name}" for trial in trials)
@@ -138,6 +138,7 @@ def _run_trials(
             print(header)
             print(describe_plan(recipe, budget=True))
         return 0
+    check_trials_output(root, trials, args.overwrite)  # every file the trials write, before the first runs
     console.say(header)
     threads = configure_torch_threads()
     console.say(f"torch threads per process: {threads} (set OMP_NUM_THREADS to change)")
