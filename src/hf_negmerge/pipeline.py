@@ -39,6 +39,7 @@ from .originals import (
     prepare_retrained,
 )
 from .output_folder import WORK_DIR
+from .published_paths import portable_paths
 from .recipe import UnlearnRecipe
 from .results import UnlearningOutcome
 from .source_checks import check_sources
@@ -97,7 +98,9 @@ def _run_claimed(
     note_validation_source(recipe, data)
     with state.main_process_first():  # θ₀ is trained once; the other processes then load it
         base_dir = prepare_original(recipe, data, work, progress and state.is_main_process)
-    original_model = describe_original(recipe, base_dir)
+    original_model = portable_paths(
+        describe_original(recipe, base_dir), output_dir
+    )  # published: no local paths
     seconds["original"] = time.perf_counter() - started
 
     tick = time.perf_counter()
@@ -134,7 +137,7 @@ def _run_claimed(
         evaluation.per_run,
         retrain,
         grid.merge,
-        data.summary(),
+        portable_paths(data.summary(), output_dir),
         grid.run_ids,
         seconds,
         original_model,

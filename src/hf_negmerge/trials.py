@@ -26,6 +26,7 @@ from typing import Any
 
 from .checkpoints import atomic_write_text
 from .errors import ConfigError, OutputError
+from .published_paths import portable_paths
 
 SUMMARY_STEM = "trials-summary"
 TRIALS_FORMAT = "hf-negmerge/trials"
@@ -234,7 +235,7 @@ def write_summary(
     payload = {
         "format": TRIALS_FORMAT,
         "format_version": 1,
-        "settings": settings,
+        "settings": portable_paths(settings, output_root),
         "trials": list(records),
         "markdown_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }
