@@ -430,7 +430,14 @@ def check_path_resolves(path: Path) -> None:
 def output_target(path: str | Path) -> Path:
     """The folder an output path names: a symlink's target, so that the link itself stays."""
     target = Path(path)
-    return Path(os.path.realpath(target)) if os.path.islink(target) else target
+    if not os.path.islink(target):
+        return target
+    if not os.path.exists(target):
+        raise OutputError(
+            f"Output {target} is a symlink to {os.readlink(target)}, which does not exist; create that "
+            "folder or give another output path. The link is left as it is."
+        )
+    return Path(os.path.realpath(target))
 
 
 def check_output_dir(path: str | Path, overwrite: bool = False, owned_marker: str | None = None) -> Path:

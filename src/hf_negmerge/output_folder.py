@@ -147,6 +147,11 @@ def check_output_dir(output_dir: str | Path) -> Path:
         )
     path = Path(output_dir)
     check_path_resolves(path)
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(
+            f"output_dir {path} is a symlink to {os.readlink(path)}, which does not exist; create that "
+            f"folder or {_HOW_TO_CHOOSE}. The link is left as it is."
+        )
     if path.exists() and not path.is_dir():
         raise ConfigError(
             f"output_dir {path} is a file, not a folder; {_HOW_TO_CHOOSE}. The file is left as it is."
