@@ -489,9 +489,13 @@ def check_output_dir(path: str | Path, overwrite: bool = False, owned_marker: st
 
 
 def _check_unedited(target: Path, marker: str) -> None:
-    """Refuse an earlier output whose tool-written files were edited: they are the user's now."""
-    if not (target / marker).is_file():
-        return  # an empty folder
+    """Refuse an earlier output whose tool-written files were edited: they are the user's now.
+
+    Only the manifest `_write_marker` writes (`OUTPUT_MARKER`) lists files; a folder marked by its
+    own metadata file (a saved classifier) is replaced as a whole.
+    """
+    if marker != OUTPUT_MARKER or not (target / marker).is_file():
+        return  # another kind of marker, or an empty folder
     changed = inspect_owned(target, marker, skip=(_STAGING_OWNER,)).changed
     if changed:
         one = len(changed) == 1
@@ -685,7 +689,7 @@ def atomic_output_dir(
 def _users_entries(staging: Path, target: Path, marker: str | None) -> list[str]:
     """The entries of the old `target` its manifest does not list; refused when the new output
     has one of their names (the user's file would have to be replaced)."""
-    if marker is None or not (target / marker).is_file():
+    if marker != OUTPUT_MARKER or not (target / marker).is_file():
         return []
     added = inspect_owned(target, marker, skip=(_STAGING_OWNER,)).added
     clashes = [name for name in added if occupied(staging, name)]
