@@ -399,6 +399,13 @@ CASES: list[Case] = [
         setup=full_disk_in("hf_negmerge.pipeline.build_unlearning_data"),
         kind="api",
     ),
+    Case(
+        "unlearn-seeds-full-disk-at-summary",
+        lambda e: unlearn_argv(e, "trials", "--seeds", "0"),
+        2,
+        "No space left on the device while writing for the output folder {root}/trials",
+        setup=full_disk_in("hf_negmerge.trials.atomic_write_text"),
+    ),
     # 4. --seeds: every file the trials write is checked before the first trial
     Case(
         "unlearn-seeds-refuses-user-summary-before-any-trial",

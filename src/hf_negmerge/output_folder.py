@@ -352,7 +352,7 @@ def naming_full_disk(output_dir: Path) -> Iterator[None]:
         raise OutputFolderError(
             f"No space left on the device while writing{file} for the output folder {output_dir} "
             f"({error.strerror or error}). The files already published in {output_dir} are unchanged and "
-            f"finished work in {output_dir / WORK_DIR} is reused; free some space and run again."
+            "finished work is reused on rerun; free some space and run again."
         ) from error
 
 

@@ -126,6 +126,7 @@ def _run_trials(
     """`--seeds`: the recipe once per seed, then mean ± std and target counts over the trials."""
     from pathlib import Path
 
+    from ..output_folder import naming_full_disk
     from ..plan import describe_plan
     from ..threads import configure_torch_threads
     from ..trials import check_trials_output, run_trials, summarise, trial_line, write_summary
@@ -172,7 +173,8 @@ def _run_trials(
         "torch_threads": threads,
         "target": "forget accuracy ≤ 15%, retain ≥ 0.95 × original (test rows)",
     }
-    path = write_summary(root, records, table, settings)
+    with naming_full_disk(root):
+        path = write_summary(root, records, table, settings)
     print()
     print(table)
     print()
