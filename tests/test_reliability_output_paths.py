@@ -102,6 +102,17 @@ def edit(name: str) -> Callable[[Env], None]:
     return setup
 
 
+def edit_same_size(name: str) -> Callable[[Env], None]:
+    """Change one byte: same size, so only the sha256 can tell."""
+
+    def setup(env: Env) -> None:
+        data = bytearray((env.root / name).read_bytes())
+        data[-2] = ord("0") if data[-2] != ord("0") else ord("1")
+        (env.root / name).write_bytes(bytes(data))
+
+    return setup
+
+
 def link(name: str, target: str) -> Callable[[Env], None]:
     def setup(env: Env) -> None:
         (env.root / name).symlink_to(target, target_is_directory=True)  # relative, as users make them
@@ -269,6 +280,13 @@ CASES: list[Case] = [
         2,
         "unlearned_model/config.json, which hf-negmerge wrote but which changed since",
         setup=steps(earlier_merge_with_model, edit("out/unlearned_model/config.json"), no_merge_work),
+    ),
+    Case(
+        "merge-overwrite-refuses-same-size-edit",
+        lambda e: merge_argv(e, extra=OVERWRITE),
+        2,
+        "merge_config.yaml, which hf-negmerge wrote but which changed since",
+        setup=steps(earlier_merge, edit_same_size("out/merge_config.yaml"), no_merge_work),
     ),
     Case(
         "merge-overwrite-api-refuses-edited-file",
