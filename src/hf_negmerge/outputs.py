@@ -100,12 +100,14 @@ def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome, finetuned: 
     """report.md; `finetuned`: the fine-tuned tensor names (`finetuned_tensor_names`)."""
     main = outcome.main
     stats = outcome.merge.stats
+    dataset = portable_paths(recipe.data.dataset, outcome.output_dir)
+    model = portable_paths(recipe.model.name_or_path, outcome.output_dir)
     lines = [
         "# hf-negmerge unlearning report",
         "",
-        f"Forget set: `{recipe.data.dataset}` (scenario `{recipe.data.scenario}`"
+        f"Forget set: `{dataset}` (scenario `{recipe.data.scenario}`"
         + (f", classes {recipe.data.forget_classes}" if recipe.data.forget_classes else "")
-        + f"); model: `{recipe.model.name_or_path or 'tiny ' + recipe.model.architecture}`; "
+        + f"); model: `{model or 'tiny ' + recipe.model.architecture}`; "
         f"{len(outcome.run_ids)} fine-tuned runs.",
         "",
         _original_line(outcome.original_model),
