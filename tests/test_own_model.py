@@ -158,7 +158,9 @@ def test_class_folders_in_another_order_keep_the_models_labels(tmp_path, user_vi
     )
     assert metrics["base_model_sha256"] == used_hash.hexdigest()
     report = (tmp_path / "out" / "report.md").read_text()
-    assert f"`{user_vit}` (model.name_or_path), weights sha256 `{used_hash.hexdigest()}`" in report
+    named = os.path.relpath(user_vit, tmp_path / "out")
+    assert f"`{named}` (model.name_or_path), weights sha256 `{used_hash.hexdigest()}`" in report
+    assert str(tmp_path) not in report and str(user_vit) not in report
     # validation was carved from the split the user's model learned: said in the report data
     assert "validation_warning" in metrics["data"]
     assert metrics["data"]["validation_source"] == "carved from train split 'train'"
