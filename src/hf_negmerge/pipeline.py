@@ -98,9 +98,8 @@ def _run_claimed(
     note_validation_source(recipe, data)
     with state.main_process_first():  # θ₀ is trained once; the other processes then load it
         base_dir = prepare_original(recipe, data, work, progress and state.is_main_process)
-    original_model = portable_paths(
-        describe_original(recipe, base_dir), output_dir
-    )  # published: no local paths
+    # what θ₀ was, as published: local paths relative to the output folder
+    original_model = portable_paths(describe_original(recipe, base_dir), output_dir)
     seconds["original"] = time.perf_counter() - started
 
     tick = time.perf_counter()
