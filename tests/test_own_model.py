@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -145,7 +146,8 @@ def test_class_folders_in_another_order_keep_the_models_labels(tmp_path, user_vi
     original = json.loads((user_vit / "config.json").read_text())
     assert saved["id2label"] == original["id2label"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["base_model"] == str(user_vit)
+    # published files carry no absolute local path: θ₀ is named relative to the output folder
+    assert metrics["base_model"] == os.path.relpath(user_vit, tmp_path / "out")
     file_hash = hashlib.sha256((user_vit / "model.safetensors").read_bytes()).hexdigest()
     expected = hashlib.sha256(f"model.safetensors\0{file_hash}\n".encode()).hexdigest()
     assert metrics["original_model"]["source_sha256"] == expected
@@ -156,7 +158,9 @@ def test_class_folders_in_another_order_keep_the_models_labels(tmp_path, user_vi
     )
     assert metrics["base_model_sha256"] == used_hash.hexdigest()
     report = (tmp_path / "out" / "report.md").read_text()
-    assert f"`{user_vit}` (model.name_or_path), weights sha256 `{used_hash.hexdigest()}`" in report
+    named = os.path.relpath(user_vit, tmp_path / "out")
+    assert f"`{named}` (model.name_or_path), weights sha256 `{used_hash.hexdigest()}`" in report
+    assert str(tmp_path) not in report and str(user_vit) not in report
     # validation was carved from the split the user's model learned: said in the report data
     assert "validation_warning" in metrics["data"]
     assert metrics["data"]["validation_source"] == "carved from train split 'train'"
@@ -482,7 +486,7 @@ def test_documented_clip_parquet_control_recipe(tmp_path, digits):
     assert sizes["forget_val"] == 15 and sizes["forget_test"] == 135 and sizes["forget_train"] == 300
     assert sizes["control_val"] == 20 and sizes["control_test"] == 180
     assert (
-        metrics["base_model"] == str(clip_dir) and metrics["original_model"]["source"] == "model.name_or_path"
+        metrics["base_model"] == "../my_clip" and metrics["original_model"]["source"] == "model.name_or_path"
     )
     # independent re-scoring of the original on the control set with the control class names
     from hf_negmerge.data import build_unlearning_data
@@ -538,6 +542,9 @@ def test_replace_head_trains_a_new_head_here(tmp_path, user_vit, digits):
     assert saved["id2label"] == {str(i): name for i, name in enumerate(nine)}
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     (cached,) = (tmp_path / "cache").iterdir()
-    assert metrics["base_model"] == str(cached) and metrics["original_model"]["source"] == "original.train"
-    assert metrics["original_model"]["trained_from"] == str(user_vit)
+    assert (
+        metrics["base_model"] == f"../cache/{cached.name}"
+        and metrics["original_model"]["source"] == "original.train"
+    )
+    assert metrics["original_model"]["trained_from"] == os.path.relpath(user_vit, tmp_path / "out")
     assert "validation_warning" not in metrics["data"]  # θ₀ trained here never saw the validation rows

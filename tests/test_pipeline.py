@@ -56,7 +56,8 @@ def test_dataset_scenario_scores_control_with_its_own_head(tmp_path):
         predict_dataset(forget, data.forget_test).accuracy()
     )
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["scenario"] == "dataset" and metrics["control_dataset"] == str(control_dir)
+    # published files name local paths relative to the output folder, never absolute
+    assert metrics["scenario"] == "dataset" and metrics["control_dataset"] == "../control"
 
 
 TINY_DEFAULT = [

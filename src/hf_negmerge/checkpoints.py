@@ -50,6 +50,7 @@ from .folder_kinds import (
     check_weight_content,
     read_json_file,
 )
+from .owned_files import MARKER_TOOL, carry_over, file_identity, inspect_owned, occupied
 
 _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -469,16 +470,46 @@ def _is_owned(folder: Path, marker: str) -> bool:
         return False
 
 
+def check_path_resolves(path: Path) -> None:
+    """Refuse a path whose '..' leaves a folder that does not exist, as the OS would.
+
+    `x/../y` names `y` only if `x` exists; creating the folders on the way would leave a stray
+    `x` behind, so such a path is an error and nothing is created.
+    """
+    parts = path.parts
+    for index, part in enumerate(parts):
+        if part == ".." and index > 0 and not os.path.isdir(Path(*parts[:index])):
+            raise OutputError(
+                f"Output path {path}: {Path(*parts[:index])} does not exist or is not a folder, so the "
+                "'..' after it cannot be followed; nothing was created. Give the path without it."
+            )
+
+
+def output_target(path: str | Path) -> Path:
+    """The folder an output path names: a symlink's target, so that the link itself stays."""
+    target = Path(path)
+    if not os.path.islink(target):
+        return target
+    if not os.path.exists(target):
+        raise OutputError(
+            f"Output {target} is a symlink to {os.readlink(target)}, which does not exist; create that "
+            "folder or give another output path. The link is left as it is."
+        )
+    return Path(os.path.realpath(target))
+
+
 def check_output_dir(path: str | Path, overwrite: bool = False, owned_marker: str | None = None) -> Path:
     """Refuse, before any work is done, an output folder that cannot or must not be written.
 
-    Raises `OutputError` (a name or path over the OS limits, a file in the way, a parent that is
-    not writable, or an existing folder without `owned_marker`) or `FileExistsError` (the
-    folder exists and `overwrite` is false).
+    Raises `OutputError` (a name or path over the OS limits, a '..' after a missing folder, a
+    file in the way, a parent that is not writable, an existing folder without `owned_marker`,
+    or one whose files the tool wrote were edited since) or `FileExistsError` (the folder
+    exists and `overwrite` is false). Returns the folder to write: a symlink's target.
     """
     if str(path) == "":
         raise OutputError("The output folder is empty (''); give a folder name.")
-    target = Path(path)
+    check_path_resolves(Path(path))
+    target = output_target(path)
     absolute = Path(os.path.abspath(target))
     if len(os.fsencode(absolute)) >= _PATH_MAX:
         raise OutputError(
@@ -505,12 +536,33 @@ def check_output_dir(path: str | Path, overwrite: bool = False, owned_marker: st
                 f"Output folder {target} was not written by hf-negmerge (it has no {owned_marker}); "
                 "refusing to replace it. Choose another output folder, or move it away yourself."
             )
+        if owned_marker is not None:
+            _check_unedited(target, owned_marker)
         ancestor = _existing_ancestor(absolute.parent)
     if not ancestor.is_dir():
         raise OutputError(f"Cannot create {target}: {ancestor} is a file, not a folder.")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"Cannot create {target}: the folder {ancestor} is not writable.")
     return target
+
+
+def _check_unedited(target: Path, marker: str) -> None:
+    """Refuse an earlier output whose tool-written files were edited: they are the user's now.
+
+    Only the manifest `_write_marker` writes (`OUTPUT_MARKER`) lists files; a folder marked by its
+    own metadata file (a saved classifier) is replaced as a whole.
+    """
+    if marker != OUTPUT_MARKER or not (target / marker).is_file():
+        return  # another kind of marker, or an empty folder
+    changed = inspect_owned(target, marker, skip=(_STAGING_OWNER,)).changed
+    if changed:
+        one = len(changed) == 1
+        raise OutputError(
+            f"Output folder {target} holds {', '.join(changed)}, which hf-negmerge wrote but which "
+            f"changed since (the sha256 differs from the one in {marker}); --overwrite replaces only "
+            f"files the tool wrote, unchanged. Move {'it' if one else 'them'} away and run again, or "
+            "choose another output folder."
+        )
 
 
 def check_no_overlap(output: str | Path, inputs: Iterable[tuple[str, str | Path]]) -> None:
@@ -588,9 +640,11 @@ def remove_stale_staging(path: str | Path) -> list[Path]:
 
     Only folders that carry this tool's owner record and whose process is gone are touched; a
     live concurrent run's staging folder is left alone. A retired old output whose replacement
-    never landed (killed between the two renames) is moved back to `path`.
+    never landed (killed between the two renames) is moved back to `path`; one whose replacement
+    landed first hands the user's files it still holds to the new output (`_publish`), and is
+    kept where one of them cannot move.
     """
-    target = Path(path)
+    target = output_target(path)
     short = _short_name(target.name)
     try:
         entries = sorted(target.parent.iterdir())
@@ -601,22 +655,45 @@ def remove_stale_staging(path: str | Path) -> list[Path]:
         kind = next((k for k in ("tmp", "old") if entry.name.startswith(f".{short}.{k}-")), None)
         if kind is None or entry.is_symlink() or not entry.is_dir() or not _is_stale(entry):
             continue
-        if kind == "old" and not os.path.lexists(target) and (entry / target.name).is_dir():
-            os.replace(entry / target.name, target)
+        old = entry / target.name
+        if kind == "old" and old.is_dir() and not os.path.lexists(target):
+            os.replace(old, target)
+        elif kind == "old" and old.is_dir() and not _handed_over(old, target):
+            continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
 
 
+def _handed_over(old: Path, target: Path) -> bool:
+    """Move the user's entries of a retired output into `target`; False when some must stay."""
+    try:
+        added = (
+            inspect_owned(old, OUTPUT_MARKER, skip=(_STAGING_OWNER,)).added
+            if (old / OUTPUT_MARKER).is_file()
+            else []
+        )
+        return not carry_over(old, target, added)
+    except (OutputError, OSError):
+        return False  # cannot tell the user's files apart: keep everything
+
+
 def _write_marker(staging: Path, marker: str) -> None:
+    """The folder's manifest: every file with its sha256 (`owned_files`), so a later
+    `overwrite` can tell the tool's files from the user's and from edited ones."""
     from . import __version__
 
     files = sorted(
         str(item.relative_to(staging))
         for item in staging.rglob("*")
-        if item.is_file() and item.name != _STAGING_OWNER
+        if item.is_file() and not item.is_symlink() and item.name != _STAGING_OWNER
     )
-    record = {"written_by": "hf-negmerge", "version": __version__, "files": files}
+    record = {
+        "written_by": MARKER_TOOL,
+        "version": __version__,
+        "files": files,
+        "written": {name: file_identity(staging / name) for name in files},
+    }
     atomic_write_text(staging / marker, json.dumps(record, indent=2) + "\n")
 
 
@@ -634,8 +711,10 @@ def atomic_output_dir(
     `owned_marker` names a file that marks the folder as this tool's output: the block may
     write it (e.g. a model's own metadata file), otherwise a small manifest of the folder's
     files is written under that name. With it, `overwrite` replaces only a folder that holds
-    that file (or an empty folder), never one the tool did not write. Without it, `overwrite`
-    is only for the caller's own private work folders.
+    that file (or an empty folder), never one the tool did not write; entries of that folder its
+    manifest does not list (the user's) are moved into the new folder, and a listed file edited
+    since stops the call before the block runs. Without it, `overwrite` is only for the caller's
+    own private work folders. A `path` that is a symlink stays one: its target is replaced.
 
     The folder gets ordinary permissions (0777 & ~umask); staging folders left by a killed
     run of this tool are removed first (`remove_stale_staging`).
@@ -654,7 +733,7 @@ def atomic_output_dir(
         if owned_marker is not None and not (staging / owned_marker).exists():
             _write_marker(staging, owned_marker)
         check_output_dir(target, overwrite, owned_marker)  # another process may have made it meanwhile
-        _publish(staging, target)
+        _publish(staging, target, _users_entries(staging, target, owned_marker))
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, OSError) and not isinstance(error, NegMergeError | FileExistsError):
@@ -665,19 +744,38 @@ def atomic_output_dir(
         raise
 
 
-def _publish(staging: Path, target: Path) -> None:
-    """Move `staging` to `target`; an old `target` is first retired into an owned `.old-` folder.
+def _users_entries(staging: Path, target: Path, marker: str | None) -> list[str]:
+    """The entries of the old `target` its manifest does not list; refused when the new output
+    has one of their names (the user's file would have to be replaced)."""
+    if marker != OUTPUT_MARKER or not (target / marker).is_file():
+        return []
+    added = inspect_owned(target, marker, skip=(_STAGING_OWNER,)).added
+    clashes = [name for name in added if occupied(staging, name)]
+    if clashes:
+        raise OutputError(
+            f"Output folder {target} holds {', '.join(clashes)}, which hf-negmerge did not write; the new "
+            "output has entries of the same name, and --overwrite never replaces the user's files. Move "
+            "them away and run again, or choose another output folder."
+        )
+    return added
+
+
+def _publish(staging: Path, target: Path, kept: list[str]) -> None:
+    """Move `staging` to `target`; an old `target` is first retired into an owned `.old-` folder,
+    and the user's entries in it (`kept`) are moved into the new `target`.
 
     The staging folder keeps its owner record until it has landed, so a kill between the two
     renames leaves only owned leftovers: the next run puts the old output back and removes
-    the staging copy.
+    the staging copy. A kill after the second rename leaves the user's entries in the retired
+    folder, which the next run hands to the new output before removing it (`remove_stale_staging`).
     """
     if os.path.lexists(target):
         retired = Path(tempfile.mkdtemp(prefix=f".{_short_name(target.name)}.old-", dir=target.parent))
         _write_owner(retired)
         os.replace(target, retired / target.name)
         os.replace(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
+        if not carry_over(retired / target.name, target, kept):
+            shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, target)
     (target / _STAGING_OWNER).unlink(missing_ok=True)

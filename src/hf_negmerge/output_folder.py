@@ -14,21 +14,22 @@ restate them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .checkpoints import atomic_write_text
+from .checkpoints import atomic_write_text, check_path_resolves
 from .errors import ConfigError, NegMergeError
+from .owned_files import sha256_of
 from .results import METRICS_FILE
 from .task_vector import MERGED_VECTOR_NAME
 
@@ -80,14 +81,6 @@ _HOW_TO_CHOOSE = "choose another output folder (--output-dir, or the recipe key 
 
 class OutputFolderError(NegMergeError, OSError):
     """The output folder cannot be used or is not complete; the message names the paths."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -145,13 +138,20 @@ class Manifest:
 
 
 def check_output_dir(output_dir: str | Path) -> Path:
-    """Refuse an empty output_dir (it would mean the current folder) and one that is a file."""
+    """Refuse an empty output_dir (it would mean the current folder), one that is a file, and
+    one whose '..' leaves a missing folder (creating it would leave a stray folder)."""
     if not str(output_dir).strip():
         raise ConfigError(
             "output_dir is empty, which would write into the current folder; set the recipe key "
             "output_dir (or --output-dir) to a folder of its own."
         )
     path = Path(output_dir)
+    check_path_resolves(path)
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(
+            f"output_dir {path} is a symlink to {os.readlink(path)}, which does not exist; create that "
+            f"folder or {_HOW_TO_CHOOSE}. The link is left as it is."
+        )
     if path.exists() and not path.is_dir():
         raise ConfigError(
             f"output_dir {path} is a file, not a folder; {_HOW_TO_CHOOSE}. The file is left as it is."
@@ -337,6 +337,23 @@ def publish_outputs(output_dir: Path, build: Callable[[Path], None]) -> Manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return complete
+
+
+@contextlib.contextmanager
+def naming_full_disk(output_dir: Path) -> Iterator[None]:
+    """A full disk anywhere in a run becomes an error that names the output folder (and the
+    file being written when the OS says which), not a bare "No space left on device"."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _OUT_OF_SPACE or isinstance(error, NegMergeError):
+            raise
+        file = f" {error.filename}" if error.filename is not None else ""
+        raise OutputFolderError(
+            f"No space left on the device while writing{file} for the output folder {output_dir} "
+            f"({error.strerror or error}). The files already published in {output_dir} are unchanged and "
+            "finished work is reused on rerun; free some space and run again."
+        ) from error
 
 
 def verify_output_folder(output_dir: str | Path) -> Manifest:

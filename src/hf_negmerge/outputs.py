@@ -26,6 +26,7 @@ from .output_folder import (
     TRAINING_LOG,
     WORK_DIR,
 )
+from .published_paths import portable_paths
 from .results import RunResults, UnlearningOutcome
 from .task_vector import MERGED_VECTOR_NAME
 
@@ -99,12 +100,14 @@ def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome, finetuned: 
     """report.md; `finetuned`: the fine-tuned tensor names (`finetuned_tensor_names`)."""
     main = outcome.main
     stats = outcome.merge.stats
+    dataset = portable_paths(recipe.data.dataset, outcome.output_dir)
+    model = portable_paths(recipe.model.name_or_path, outcome.output_dir)
     lines = [
         "# hf-negmerge unlearning report",
         "",
-        f"Forget set: `{recipe.data.dataset}` (scenario `{recipe.data.scenario}`"
+        f"Forget set: `{dataset}` (scenario `{recipe.data.scenario}`"
         + (f", classes {recipe.data.forget_classes}" if recipe.data.forget_classes else "")
-        + f"); model: `{recipe.model.name_or_path or 'tiny ' + recipe.model.architecture}`; "
+        + f"); model: `{model or 'tiny ' + recipe.model.architecture}`; "
         f"{len(outcome.run_ids)} fine-tuned runs.",
         "",
         _original_line(outcome.original_model),
@@ -160,7 +163,9 @@ def build_output_files(
     dataclasses.replace(recipe.merge, scale=main.selection.scale).save_pretrained(staging)
     vector = outcome.merge.task_vector
     base_model = outcome.original_model.get("base_model") or recipe.model.name_or_path or base_dir
-    vector.metadata.update(scale=main.selection.scale, base_model=str(base_model))
+    vector.metadata.update(
+        scale=main.selection.scale, base_model=portable_paths(str(base_model), outcome.output_dir)
+    )
     vector.save(staging / MERGED_VECTOR_NAME)
     results = RunResults.from_outcome(
         recipe, outcome, license=inherited_license(recipe.model.name_or_path or base_dir)
@@ -170,7 +175,8 @@ def build_output_files(
         staging / REPORT_FILE, render_report(recipe, outcome, finetuned_tensor_names(unlearned))
     )
     write_comparison(outcome.rows(), staging / "comparison.md", staging / "comparison.json")
-    atomic_write_text(staging / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    portable_recipe = portable_paths(recipe.to_dict(), outcome.output_dir)
+    atomic_write_text(staging / "recipe.yaml", yaml.safe_dump(portable_recipe, sort_keys=False))
     plot_lambda_curves({o.label: o.selection for o in [main, *outcome.comparison]}, staging / LAMBDA_PLOT)
     stats = outcome.merge.stats
     plot_kept_fraction(

@@ -39,6 +39,7 @@ from .originals import (
     prepare_retrained,
 )
 from .output_folder import WORK_DIR
+from .published_paths import portable_paths
 from .recipe import UnlearnRecipe
 from .results import UnlearningOutcome
 from .source_checks import check_sources
@@ -68,7 +69,7 @@ def _run_with_policy_threads(
     """`run_unlearning` once torch's thread count is the policy's: checks, claim, run."""
     from accelerate import PartialState
 
-    from .output_folder import check_output_dir, claim_output_folder
+    from .output_folder import check_output_dir, claim_output_folder, naming_full_disk
     from .tracking import check_trackers
 
     output_dir = check_output_dir(recipe.output_dir)
@@ -84,13 +85,14 @@ def _run_with_policy_threads(
     # cpu=True when there is no GPU: otherwise torchrun / accelerate launch CPU processes each
     # see a single-process world and all of them would run the whole grid.
     state = PartialState(cpu=not torch.cuda.is_available())
-    with state.main_process_first():  # the main process claims (checks, locks) the folder first
-        claim = claim_output_folder(output_dir, overwrite) if state.is_main_process else None
-    try:
-        return _run_claimed(recipe, progress, state, output_dir, started)
-    finally:
-        if claim is not None:
-            claim.release()
+    with naming_full_disk(output_dir):
+        with state.main_process_first():  # the main process claims (checks, locks) the folder first
+            claim = claim_output_folder(output_dir, overwrite) if state.is_main_process else None
+        try:
+            return _run_claimed(recipe, progress, state, output_dir, started)
+        finally:
+            if claim is not None:
+                claim.release()
 
 
 def _run_claimed(
@@ -108,7 +110,8 @@ def _run_claimed(
     note_validation_source(recipe, data)
     with state.main_process_first():  # θ₀ is trained once; the other processes then load it
         base_dir = prepare_original(recipe, data, work, progress and state.is_main_process)
-    original_model = describe_original(recipe, base_dir)
+    # what θ₀ was, as published: local paths relative to the output folder
+    original_model = portable_paths(describe_original(recipe, base_dir), output_dir)
     seconds["original"] = time.perf_counter() - started
 
     tick = time.perf_counter()
@@ -145,7 +148,7 @@ def _run_claimed(
         evaluation.per_run,
         retrain,
         grid.merge,
-        data.summary(),
+        portable_paths(data.summary(), output_dir),
         grid.run_ids,
         seconds,
         original_model,

@@ -37,6 +37,7 @@ from .checkpoints import atomic_write_text
 from .errors import NegMergeError
 from .evaluation.report import to_jsonable
 from .lambda_search import LambdaPoint, LambdaSelection
+from .published_paths import portable_paths
 
 if TYPE_CHECKING:
     from .merging import MergeResult
@@ -360,8 +361,8 @@ class RunResults:
             license=license,
             hub_datasets=_hub_datasets(recipe),
             architecture=recipe.model.architecture,
-            forget_dataset=recipe.data.dataset,
-            control_dataset=recipe.data.control_dataset,
+            forget_dataset=portable_paths(recipe.data.dataset, outcome.output_dir),
+            control_dataset=portable_paths(recipe.data.control_dataset, outcome.output_dir),
             scenario=recipe.data.scenario,
             forget_classes=recipe.data.forget_classes,
             data=outcome.data_summary,
@@ -376,7 +377,7 @@ class RunResults:
             task_arithmetic_per_run=[o.row() | {"run_id": o.run_id} for o in outcome.per_run],
             grid=[{"run_id": point.id, **point.overrides} for point in recipe.grid.expand()],
             config=dataclasses.replace(recipe.merge, scale=main.selection.scale).to_dict(),
-            recipe=recipe.to_dict(),
+            recipe=portable_paths(recipe.to_dict(), outcome.output_dir),
             seconds={key: round(value, 2) for key, value in outcome.seconds.items()},
         )
 

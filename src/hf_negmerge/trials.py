@@ -26,6 +26,7 @@ from typing import Any
 
 from .checkpoints import atomic_write_text
 from .errors import ConfigError, OutputError
+from .published_paths import portable_paths
 
 SUMMARY_STEM = "trials-summary"
 TRIALS_FORMAT = "hf-negmerge/trials"
@@ -135,6 +136,17 @@ def run_trials(
     return records
 
 
+def check_trials_output(output_root: Path, trials: Sequence[Trial], overwrite: bool = False) -> None:
+    """Before any trial runs: every trial's folder must accept a run and the summary files must be
+    absent or the tool's, so a clash is named at once rather than after the last trial."""
+    from .output_folder import check_output_dir, inspect_output_folder
+
+    check_output_dir(output_root)
+    _check_ours(output_root / f"{SUMMARY_STEM}.md", output_root / f"{SUMMARY_STEM}.json")
+    for trial in trials:
+        inspect_output_folder(output_root / trial.name, overwrite)
+
+
 def meets_target(
     row: dict[str, Any], original: dict[str, float], max_forget: float, retain_ratio: float
 ) -> bool:
@@ -223,7 +235,7 @@ def write_summary(
     payload = {
         "format": TRIALS_FORMAT,
         "format_version": 1,
-        "settings": settings,
+        "settings": portable_paths(settings, output_root),
         "trials": list(records),
         "markdown_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }

@@ -80,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="Replace OUT if it is an earlier merge output (never a folder this tool did not write).",
+        help="Replace OUT if it is an earlier merge output (never a folder this tool did not write); "
+        "files added to it since are kept, and a file of it edited since stops the merge.",
     )
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
 

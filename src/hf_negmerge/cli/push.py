@@ -41,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub.push import prepare_upload_folder, push_unlearned_model
+    from ..hub.push import check_revision, prepare_upload_folder, push_unlearned_model
 
+    check_revision(args.revision)  # the dry run too: a name the Hub would refuse is named at once
     include_vector = not args.no_vector
     if args.dry_run:
         with tempfile.TemporaryDirectory(prefix="hf-negmerge-push-dry-run-") as staging:

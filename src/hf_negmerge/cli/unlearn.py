@@ -126,9 +126,10 @@ def _run_trials(
     """`--seeds`: the recipe once per seed, then mean ± std and target counts over the trials."""
     from pathlib import Path
 
+    from ..output_folder import naming_full_disk
     from ..plan import describe_plan
     from ..threads import configure_torch_threads
-    from ..trials import run_trials, summarise, trial_line, write_summary
+    from ..trials import check_trials_output, run_trials, summarise, trial_line, write_summary
 
     root = Path(recipe.output_dir)
     names = ", ".join(f"{root / trial.name}" for trial in trials)
@@ -138,6 +139,7 @@ def _run_trials(
             print(header)
             print(describe_plan(recipe, budget=True))
         return 0
+    check_trials_output(root, trials, args.overwrite)  # every file the trials write, before the first runs
     console.say(header)
     threads = configure_torch_threads()
     console.say(f"torch threads per process: {threads} (set OMP_NUM_THREADS to change)")
@@ -171,7 +173,8 @@ def _run_trials(
         "torch_threads": threads,
         "target": "forget accuracy ≤ 15%, retain ≥ 0.95 × original (test rows)",
     }
-    path = write_summary(root, records, table, settings)
+    with naming_full_disk(root):
+        path = write_summary(root, records, table, settings)
     print()
     print(table)
     print()

@@ -35,6 +35,34 @@ def check_repo_id(repo_id: str) -> None:
         raise ConfigError(f"repo_id {repo_id!r} is not a valid Hub repo id: {problem}.")
 
 
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")  # git check-ref-format: controls, space, ~^:?*[\\
+
+
+def check_revision(revision: str | None) -> None:
+    """Refuse, before any work, a branch name git (and so the Hub) would reject, naming it and the
+    rule broken (git check-ref-format: no '..', spaces, control characters, ~^:?*[\\, '@{', no
+    part starting with '.' or ending in '.lock', no empty part)."""
+    if revision is None:
+        return
+    if not isinstance(revision, str):
+        raise ConfigError(f"revision={revision!r} must be a branch name (a string).")
+    problem = None
+    if not revision:
+        problem = "it is empty"
+    elif _REF_FORBIDDEN.search(revision):
+        problem = "it must not contain spaces, control characters or any of ~ ^ : ? * [ \\"
+    elif ".." in revision or "@{" in revision or revision == "@":
+        problem = "it must not contain '..' or '@{', nor be '@'"
+    elif revision.endswith(".") or any(
+        not part or part.startswith(".") or part.endswith(".lock") for part in revision.split("/")
+    ):
+        problem = (
+            "no part between '/' may be empty, start with '.' or end in '.lock', and it must not end in '.'"
+        )
+    if problem is not None:
+        raise ConfigError(f"revision {revision!r} is not a valid branch name: {problem}.")
+
+
 def upload_folder_to_repo(
     folder: str | Path,
     repo_id: str,
@@ -56,6 +84,7 @@ def upload_folder_to_repo(
     step is idempotent: the repo and branch are created only when missing).
     """
     check_repo_id(repo_id)
+    check_revision(revision)
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"Cannot push {folder}: it is not a folder.")
@@ -92,6 +121,7 @@ def push_saved(
     """Push what `save_pretrained(folder)` writes (a config, a vector), with the same bounded
     waits, retries and branch handling as every other hf-negmerge push; returns the commit URL."""
     check_repo_id(repo_id)
+    check_revision(revision)
     with tempfile.TemporaryDirectory(prefix="hf-negmerge-push-") as staging:
         save_pretrained(Path(staging))
         return upload_folder_to_repo(

@@ -22,7 +22,7 @@ from ..output_folder import MANIFEST_FILE, verify_output_folder
 from ..results import METRICS_FILE, RunResults
 from ..task_vector import MERGED_VECTOR_NAME, TaskVector
 from ._connection import bounded_session, hub_attempts, hub_client, hub_offline, hub_timeout
-from ._upload import check_repo_id, upload_folder_to_repo
+from ._upload import check_repo_id, check_revision, upload_folder_to_repo
 from .card import CARD_NAME, UnlearningCardData, task_for_architectures, write_model_card
 from .card_data import first_base_model
 from .negation_vector import NegationVector
@@ -266,6 +266,7 @@ def push_unlearned_model(
     be reached; the output folder is left exactly as it was.
     """
     check_repo_id(repo_id)
+    check_revision(revision)
     timeout = hub_timeout()  # a bad HF_NEGMERGE_HUB_* setting is named before any work or request
     hub_attempts()
     output_dir = Path(output_dir)
