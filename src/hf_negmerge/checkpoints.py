@@ -14,10 +14,10 @@ Writes go to a temporary sibling first and are renamed into place, so an interru
 leaves a half-written file or folder behind; `atomic_output_dir` replaces an existing folder
 only when it carries the marker this tool writes into its own outputs.
 
-Longer than most modules (~750 lines): it owns checkpoint folders on disk, both directions. The
-reader and the atomic writers share the folder layout (single or sharded safetensors, `.bin`) and
-the writers' ownership rules (owner markers, stale staging from killed processes) are what make
-every rerun in the package safe, so they stay in the one module every writer imports.
+The reader and the atomic writers share the folder layout (single or sharded safetensors,
+`.bin`), and the writers' ownership rules (owner markers, stale staging from killed processes)
+are what make every rerun in the package safe, so both directions stay in the one module every
+writer imports.
 """
 
 from __future__ import annotations

@@ -31,13 +31,16 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from ..errors import ConfigError
-from .grid import TrainingHyperparameters
+
+if TYPE_CHECKING:  # grid.py checks recipe values against this module's registry
+    from .grid import TrainingHyperparameters
 
 LEVEL_DENOM = 10.0  # timm's magnitude scale: m = 10 is an operation's full strength
 MAGNITUDE_STD = 0.5  # the "mstd0.5" of the authors' policy string
@@ -358,7 +361,7 @@ class PadCropFlipTransform:
 
 
 TrainTransform = Callable[[Sequence[Image.Image]], torch.Tensor]
-AugmentationBuilder = Callable[[TrainingHyperparameters, ImageSpec, int], TrainTransform | None]
+AugmentationBuilder = Callable[["TrainingHyperparameters", ImageSpec, int], TrainTransform | None]
 AUGMENTATIONS: dict[str, AugmentationBuilder] = {}
 DEFAULT_AUGMENTATION = "timm_randaugment"
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .augment import AUGMENTATIONS
 
 MIXED_PRECISION_MODES = ("no", "fp16", "bf16")
 
@@ -143,8 +144,6 @@ class TrainingHyperparameters:
 
     def _check_augmentation(self) -> None:
         """A registered transform name, so a typo fails when the recipe is read, not when a run starts."""
-        from .augment import AUGMENTATIONS  # augment.py imports this module
-
         if not isinstance(self.augmentation, str) or self.augmentation not in AUGMENTATIONS:
             raise HyperparameterError(
                 "augmentation",
