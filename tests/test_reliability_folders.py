@@ -316,7 +316,7 @@ CASES: list[Case] = [
         "task-vector-runs-subprocess",
         lambda e: merge_argv(e, "tv0", "tv1"),
         2,
-        "merge_task_vectors(TaskVector.load(p) for p in runs)",
+        "merge_task_vectors((TaskVector.load(p) for p in runs), NegMergeConfig.from_pretrained(output_dir))",
         grid_runs,
         kind="subprocess",
     ),
@@ -663,3 +663,33 @@ def test_the_output_marker_is_the_one_outputs_are_written_with() -> None:
     from hf_negmerge import checkpoints, folder_kinds
 
     assert folder_kinds.OUTPUT_MARKER == checkpoints.OUTPUT_MARKER
+
+
+@pytest.mark.slow
+def test_a_grid_merged_again_with_the_outputs_config_is_the_outputs_vector(tmp_path: Path) -> None:
+    """docs/merging.md's recipe: the run vectors of an `unlearn` output, merged with its own
+    negmerge_config.json, give its merged_task_vector.safetensors and kept fraction exactly."""
+    import json
+
+    from hf_negmerge import NegMergeConfig
+
+    out = tmp_path / "out"
+    overrides = [
+        f"original.cache_dir={tmp_path / 'cache'}",
+        "original.epochs=3",
+        "grid.axes.seed=[0,1]",
+        "grid.base.epochs=1",
+        "comparison=[uniform]",  # a comparison method reads the run vectors, so they are kept
+        "merge.lambda_grid=[0,0.5]",
+    ]
+    assert main(["unlearn", "--output-dir", str(out), "--no-progress", *overrides]) == 0
+    runs = sorted((out / "work" / "grid" / "runs").glob("*/task_vector.safetensors"))
+    assert len(runs) == 4  # 2 seeds × the default recipe's 2 learning rates
+    result = merge_task_vectors((TaskVector.load(path) for path in runs), NegMergeConfig.from_pretrained(out))
+    expected = TaskVector.load(out / "merged_task_vector.safetensors")
+    assert sorted(result.task_vector.keys()) == sorted(expected.keys())
+    for key in expected:
+        torch.testing.assert_close(result.task_vector[key], expected[key], rtol=0, atol=0)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert result.stats.kept_fraction == pytest.approx(metrics["kept_fraction"])
+    assert not any("embeddings" in key for key in expected)  # the default recipe's exclude

@@ -55,7 +55,8 @@ MODEL_WEIGHT_NAMES = (
 QUANTIZED_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32)
 REMERGE_HINT = (
     "To merge the task vectors of a grid again, merge them in Python: "
-    "`hf_negmerge.merge_task_vectors(TaskVector.load(p) for p in runs)` (see docs/merging.md, "
+    "`hf_negmerge.merge_task_vectors((TaskVector.load(p) for p in runs), "
+    "NegMergeConfig.from_pretrained(output_dir))` with the run's own settings (see docs/merging.md, "
     "'Merging a grid's runs again'), or pass the runs' `checkpoint/` folders (kept with "
     "keep_checkpoints) to `merge --finetuned`."
 )
