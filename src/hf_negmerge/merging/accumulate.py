@@ -237,8 +237,9 @@ def merge_checkpoints(
     session = method.start(config)
     base_reader = CheckpointReader(base)
     readers = [CheckpointReader(path) for path in finetuned]
-    for reader in (base_reader, *readers):  # a file given as a checkpoint is checked here
-        check_weight_content(reader.files)
+    for reader in (base_reader, *readers):  # folders were checked when resolved; a file is here
+        if reader.path.is_file():
+            check_weight_content(reader.files)
     labelled = [(f"base {base_reader.path}", base_reader)]
     check_distinct_weights(labelled + [(f"fine-tuned run {reader.path}", reader) for reader in readers])
     check_weight_dtypes(base_reader, readers)
