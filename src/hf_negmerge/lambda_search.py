@@ -24,6 +24,7 @@ __all__ = [
     "LambdaPoint",
     "LambdaSearchConfig",
     "LambdaSelection",
+    "LambdaSelectionWarning",
     "check_scale",
     "default_lambda_grid",
     "search_lambda",

@@ -534,22 +534,20 @@ def lora_learning_rate_warning(points: Sequence[GridPoint]) -> str | None:
     rates = sorted({point.hyperparameters.learning_rate for point in lora})
     if not lora or rates[-1] >= LORA_LEARNING_RATES[0]:
         return None
-    ranks = sorted({point.hyperparameters.lora_rank for point in lora})
+    ranks = "/".join(str(rank) for rank in sorted({point.hyperparameters.lora_rank for point in lora}))
     key = hyperparameter_key(lora, "learning_rate")
-    listed = ", ".join(f"{rate:g}" for rate in LORA_LEARNING_RATES)
     advice = (
-        f"e.g. to [{listed}] as digits/lora does"
+        f"{key}, e.g. to [{', '.join(f'{rate:g}' for rate in LORA_LEARNING_RATES)}] as digits/lora does"
         if ".axes." in key
-        else f"to at least {LORA_LEARNING_RATES[0]:g}"
+        else f"{key} to at least {LORA_LEARNING_RATES[0]:g}"
     )
     return (
-        f"LoRA is on (lora_rank={'/'.join(map(str, ranks))}) in {len(lora)} of {len(points)} grid run(s), "
-        f"all at learning rates below {LORA_LEARNING_RATES[0]:g} ({'/'.join(f'{rate:g}' for rate in rates)}): "
-        "adapters move the weights much less than full fine-tuning at the same rate, so the run "
-        "likely ends 'not unlearned'. On the digits ViT the full fine-tuning rates 0.0005/0.001 "
-        "with LoRA left 84% of the digit recognised; digits/lora's "
-        f"{'/'.join(f'{rate:g}' for rate in LORA_LEARNING_RATES)} forgot it (docs/scenarios.md). "
-        f"Raise {key} {advice}."
+        f"LoRA is on (lora_rank={ranks}) in {len(lora)} of {len(points)} grid run(s), all at learning "
+        f"rates below {LORA_LEARNING_RATES[0]:g} ({'/'.join(f'{rate:g}' for rate in rates)}): adapters "
+        "move the weights much less than full fine-tuning at the same rate, so the run likely ends "
+        "'not unlearned'. On the digits ViT, LoRA at the full fine-tuning rates 0.0005/0.001 left 84% "
+        f"of the digit recognised, digits/lora's {'/'.join(f'{rate:g}' for rate in LORA_LEARNING_RATES)} "
+        f"forgot all of it (docs/scenarios.md). Raise {advice}."
     )
 
 
