@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +52,33 @@ class Console:
         """A line of the normal stream (plan, notes): main process, not quiet."""
         if self.verbosity != "quiet" and self.main:
             print(text, flush=True)
+
+
+@contextlib.contextmanager
+def warnings_as_messages() -> Iterator[None]:
+    """hf-negmerge's own warnings shown as `Warning: <message>` on stderr, each distinct message
+    once for the whole command, whatever -W or PYTHONWARNINGS say; other warnings keep Python's
+    display. Filters set inside (`terminal` under --quiet, a command hiding what it prints itself)
+    still hide them.
+    """
+    from tqdm.auto import tqdm
+
+    from .errors import NegMergeWarning
+
+    shown: set[str] = set()
+    python_display = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *where: Any, **more: Any) -> None:
+        if not issubclass(category, NegMergeWarning):
+            python_display(message, category, *where, **more)
+        elif str(message) not in shown:
+            shown.add(str(message))
+            tqdm.write(f"Warning: {message}", file=sys.stderr)  # above any bar, not through it
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", NegMergeWarning)  # repeats are dropped by `show`, by text
+        warnings.showwarning = show
+        yield
 
 
 _LOGGERS = ("accelerate", "torch.distributed", "hf_negmerge", "")  # "": the root logger

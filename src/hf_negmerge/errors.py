@@ -1,4 +1,10 @@
-"""Exceptions that name what went wrong (file, key, shape, option) so users can fix it."""
+"""Exceptions and warnings that name what went wrong (file, key, shape, option) so users can fix it."""
+
+import os
+import sys
+import warnings
+
+_PACKAGE_DIR = os.path.dirname(__file__) + os.sep
 
 
 class NegMergeError(Exception):
@@ -23,3 +29,16 @@ class HubUnavailableError(NegMergeError, OSError):
 
 class OutputError(NegMergeError, OSError):
     """An output cannot or must not be written (path too long, not writable, not ours, disk full)."""
+
+
+class NegMergeWarning(UserWarning):
+    """Base class for every warning raised on purpose by hf-negmerge (the CLI prints them as messages)."""
+
+
+def warn(message: str, category: type[NegMergeWarning]) -> None:
+    """`warnings.warn` pointed at the first caller outside hf-negmerge, so that the warning names
+    the user's line (and filters by module match the user's code), not the library's."""
+    level, frame = 2, sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level)

@@ -11,20 +11,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, MergeError
+from .errors import ConfigError, MergeError, NegMergeWarning, warn
 
 __all__ = [
     "FALLBACKS",
     "LambdaPoint",
     "LambdaSearchConfig",
     "LambdaSelection",
+    "LambdaSelectionWarning",
     "check_scale",
     "default_lambda_grid",
     "search_lambda",
@@ -34,6 +34,10 @@ __all__ = [
 #: Retain accuracies this close below the threshold still qualify, so 0.95 × 60.0 computed in
 #: floating point cannot reject a point that sits exactly on it.
 THRESHOLD_TOLERANCE = 1e-9
+
+
+class LambdaSelectionWarning(NegMergeWarning):
+    """The chosen λ needs a look: no λ kept the retain constraint, or λ = 0 forgets nothing."""
 
 
 @dataclass
@@ -274,11 +278,12 @@ def select_lambda(
         )
         chosen = FALLBACKS[fallback](points, threshold)
         reason = f"{message} Fallback {fallback!r} chose λ={chosen.scale:g}."
-        warnings.warn(reason, stacklevel=2)
+        warn(reason, LambdaSelectionWarning)
     if chosen.scale == 0.0:
         reason += " λ = 0 means the original model is kept: nothing is forgotten."
-        warnings.warn(
-            "λ selection chose λ = 0: the negation is not applied and nothing is forgotten.", stacklevel=2
+        warn(
+            "λ selection chose λ = 0: the negation is not applied and nothing is forgotten.",
+            LambdaSelectionWarning,
         )
     return LambdaSelection(
         scale=chosen.scale,

@@ -70,11 +70,13 @@ def _run_with_policy_threads(
     from accelerate import PartialState
 
     from .output_folder import check_output_dir, claim_output_folder, naming_full_disk
+    from .plan import warn_before_training
     from .tracking import check_trackers
 
     output_dir = check_output_dir(recipe.output_dir)
     check_sources(recipe)  # the same path and split checks as --dry-run, before any work
     check_trackers(recipe.evaluation.log_with)  # a missing tracker package fails now, not at the end
+    warn_before_training(recipe)  # what the plan warns about, for API callers
     if not progress:
         import datasets
         import transformers

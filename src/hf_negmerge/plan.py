@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import build_unlearning_data
-from .errors import ConfigError
+from .errors import ConfigError, warn
 from .evaluation.engine import evaluation_count, keeps_run_vectors
 from .originals import original_training_split
 from .output_folder import WORK_DIR
@@ -74,9 +74,32 @@ def describe_plan(recipe: UnlearnRecipe, budget: bool = False) -> str:
         f"{Path(recipe.output_dir) / WORK_DIR / 'grid'}",
     ]
     lines += [f"note: {note}" for note in notes]
+    lora_warning = lora_rate_warning(recipe)
+    lines += [f"Warning: {lora_warning}"] if lora_warning else []
     if budget:
         lines += plan_budget(recipe).lines()
     return "\n".join(lines)
+
+
+def lora_rate_warning(recipe: UnlearnRecipe) -> str | None:
+    """The warning for LoRA runs whose learning rates will likely forget nothing, or None.
+
+    The rule was measured on the tiny ViT built from config, so it applies to models built from
+    config only; a pretrained model's LoRA rates are the user's to judge.
+    """
+    from .training.grid import lora_learning_rate_warning
+
+    if recipe.model.name_or_path is not None:
+        return None
+    return lora_learning_rate_warning(recipe.grid.expand())
+
+
+def warn_before_training(recipe: UnlearnRecipe) -> None:
+    """The plan's warnings as real warnings, for callers of the Python API who see no plan."""
+    from .training.grid import LoraLearningRateWarning
+
+    if message := lora_rate_warning(recipe):
+        warn(message, LoraLearningRateWarning)
 
 
 def _clip_plan(recipe: UnlearnRecipe) -> list[str]:

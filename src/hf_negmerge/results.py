@@ -27,14 +27,13 @@ import dataclasses
 import json
 import math
 import numbers
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoints import atomic_write_text
-from .errors import NegMergeError
+from .errors import NegMergeError, NegMergeWarning, warn
 from .evaluation.report import to_jsonable
 from .lambda_search import LambdaPoint, LambdaSelection
 from .published_paths import portable_paths
@@ -65,7 +64,7 @@ class ResultsFormatError(NegMergeError, ValueError):
     """A metrics.json that is not a results file of a format this version reads."""
 
 
-class OutcomeWarning(UserWarning):
+class OutcomeWarning(NegMergeWarning):
     """The run finished but its result needs a second look (λ at the grid's edge, a tiny vector)."""
 
 
@@ -274,7 +273,7 @@ class UnlearningOutcome:
         if self.main.status == NOT_UNLEARNED and not self.warnings:  # no other advice: say what to try
             self.warnings.append(weak_forgetting_warning(self.main.label))
         for message in self.warnings:
-            warnings.warn(message, OutcomeWarning, stacklevel=2)
+            warn(message, OutcomeWarning)
 
     def status_line(self) -> str:
         """'Status: <status> — <numbers>' for the terminal, report.md and the card."""

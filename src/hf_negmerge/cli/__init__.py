@@ -74,8 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # bare `hf-negmerge`: show what there is, start nothing
         parser.print_help()
         return 0
+    from ..console import warnings_as_messages
+
     try:
-        return int(args._module.run(args) or 0)
+        with warnings_as_messages():
+            return int(args._module.run(args) or 0)
     except NegMergeError as error:
         print(f"hf-negmerge {args.command}: error: {error}", file=sys.stderr)
         return 2

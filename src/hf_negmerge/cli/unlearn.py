@@ -102,9 +102,11 @@ def _run(args: argparse.Namespace, recipe: Any, console: Any) -> int:
     from ..evaluation import summary_table
     from ..pipeline import run_unlearning
     from ..results import OutcomeWarning
+    from ..training.grid import LoraLearningRateWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutcomeWarning)  # printed once, with the summary below
+        warnings.simplefilter("ignore", LoraLearningRateWarning)  # printed once, in the plan above
         outcome = run_unlearning(recipe, progress=console.progress, overwrite=args.overwrite)
     if outcome is None or not console.main:  # a non-main process under accelerate launch
         return 0

@@ -11,18 +11,22 @@ like training data. The retain samples must be rows the original model trained o
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 from sklearn.svm import SVC
 
+from ..errors import NegMergeWarning, warn
 from .predict import Predictions
 
 #: SalUn's attack classifier, unchanged.
 SVC_PARAMETERS: dict[str, Any] = {"C": 3, "gamma": "auto", "kernel": "rbf"}
 
 MEMBER, NON_MEMBER = 1, 0
+
+
+class MembershipAttackWarning(NegMergeWarning):
+    """The MIA figure is computed on unbalanced classes (fewer retain samples than test samples)."""
 
 
 def true_class_confidence(split: Predictions | Any, name: str) -> np.ndarray:
@@ -51,10 +55,10 @@ def select_members(retain_confidence: np.ndarray, count: int, seed: int | None =
     `count` every retain sample is used and a warning says so (SalUn's code would fail there).
     """
     if retain_confidence.size < count:
-        warnings.warn(
+        warn(
             f"MIA: the retain set ({retain_confidence.size}) is smaller than the test set ({count}); "
             "using every retain sample as a member, so the attack's classes are unbalanced.",
-            stacklevel=3,
+            MembershipAttackWarning,
         )
         return retain_confidence
     if seed is None:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
 from ..checkpoints import owned_scratch_folder
 from ..config import CONFIG_NAME, NegMergeConfig
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, NegMergeWarning, warn
 from ..output_folder import MANIFEST_FILE, verify_output_folder
 from ..results import METRICS_FILE, RunResults
 from ..task_vector import MERGED_VECTOR_NAME, TaskVector
@@ -66,7 +65,7 @@ def _model_config(output_dir: Path) -> dict[str, Any]:
     return values
 
 
-class BaseModelNotCheckedWarning(UserWarning):
+class BaseModelNotCheckedWarning(NegMergeWarning):
     """`--base-model` could not be compared with the model (its config is not reachable)."""
 
 
@@ -105,11 +104,10 @@ def check_base_model(
     `online=False` (a dry run) looks only at a local folder and the Hub cache."""
     base = _base_model_config(base_model, online)
     if base is None:
-        warnings.warn(
+        warn(
             f"base_model {base_model!r} was not checked against {output_dir / MODEL_CONFIG_NAME}: its config "
             "could not be resolved (offline, or not on the Hub). Make sure it is the model θ₀ came from.",
             BaseModelNotCheckedWarning,
-            stacklevel=3,
         )
         return
     mine = {**model_config, **model_config.get("vision_config", {})}

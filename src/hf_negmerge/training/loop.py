@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, warn
 from .augment import ImageSpec, build_augmentation
 from .grid import TrainingHyperparameters, WarmupWarning
 
@@ -122,11 +121,10 @@ def finetune(
     batches_per_epoch = len(loader)
     total_steps = math.ceil(batches_per_epoch / accumulation) * hyperparameters.epochs
     if hyperparameters.warmup_steps >= total_steps:
-        warnings.warn(
+        warn(
             f"{description}: warmup_steps={hyperparameters.warmup_steps} ≥ the run's {total_steps} optimizer "
             "steps, so the learning rate never reaches its peak.",
             WarmupWarning,
-            stacklevel=2,
         )
     scheduler = _build_scheduler(hyperparameters, optimizer.optimizer, total_steps)
     loss_function = nn.CrossEntropyLoss(label_smoothing=hyperparameters.label_smoothing)

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import atomic_output_dir, atomic_write_text
 from ..config import MergeConfig, NegMergeConfig
-from ..errors import CheckpointError, ConfigError, NegMergeError
+from ..errors import CheckpointError, ConfigError, NegMergeError, warn
 from ..key_space import KeyNames
 from ..merging.accumulate import MergeAccumulator, MergeResult
 from ..task_vector import MERGED_VECTOR_NAME, TaskVector
@@ -194,7 +194,7 @@ class GridRunner:
             training, len(self.forget_train), 1 if sharded else accelerator.num_processes
         )
         if warning and accelerator.is_main_process:  # once for the grid, not once per run
-            warnings.warn(warning, WarmupWarning, stacklevel=2)
+            warn(warning, WarmupWarning)
         if sharded:
             with accelerator.split_between_processes(plan.train) as mine:
                 my_ids = list(mine)
