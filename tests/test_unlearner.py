@@ -351,3 +351,72 @@ def test_a_live_model_without_a_processor_or_of_an_unknown_kind_is_refused(tiny_
     )
     with pytest.raises(ConfigError, match=r"model_type 'bert'.*supported model types"):
         NegMergeUnlearner(bert, ViTImageProcessor(), dataset=load_digits_dataset(), forget_fraction=0.1)
+
+
+def test_a_peft_model_is_unlearned_with_its_adapters_merged_into_theta0(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import ViTForImageClassification
+
+    model, processor = _vit()
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, lora)
+    merged = copy.deepcopy(peft_model).merge_and_unload()  # the oracle: peft's own merge
+    result = _run(_unlearner(peft_model, processor, tmp_path / "out"))
+    assert type(result.model) is ViTForImageClassification
+    given = ViTForImageClassification.from_pretrained(tmp_path / "out" / "work" / "given_model")
+    assert all(torch.equal(given.state_dict()[k], v) for k, v in merged.state_dict().items())
+    tau = TaskVector.load(tmp_path / "out" / "merged_task_vector.safetensors")
+    tau.negate_into(merged, scale=result.metrics.selection.scale)
+    got = result.model.state_dict()
+    assert all(torch.allclose(got[k], v, atol=1e-6) for k, v in merged.state_dict().items())
+
+
+_TWO_PROCESS_SCRIPT = """
+import sys, warnings
+from transformers import AutoImageProcessor, ViTForImageClassification
+from hf_negmerge import GridSpec, NegMergeConfig, NegMergeUnlearner, load_digits_dataset
+from accelerate import PartialState
+
+warnings.simplefilter("ignore")
+packaged, out, report = sys.argv[1:4]
+unlearner = NegMergeUnlearner(
+    model=ViTForImageClassification.from_pretrained(packaged),
+    processor=AutoImageProcessor.from_pretrained(packaged),
+    dataset=load_digits_dataset(),
+    forget_classes=["3"],
+    grid=GridSpec(base={"learning_rate": 1e-3, "epochs": 4, "batch_size": 32, "warmup_steps": 0},
+                  axes={"seed": [0, 1]}),
+    config=NegMergeConfig(lambda_grid=[0.0, 1.0], exclude=["*.embeddings.*"]),
+    comparison=[],
+    output_dir=out,
+    progress=False,
+)
+trained = unlearner.train_grid().trained
+result = unlearner.run()
+rank = PartialState().process_index
+with open(f"{report}.{rank}", "w") as file:
+    file.write(f"{len(trained)} {None if result is None else result.metrics.selection.scale}")
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_grid_and_only_the_main_one_gets_a_result(tmp_path):
+    """torchrun, 2 CPU processes, a live model, stage by stage: only rank 0 gets the result."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "two.py"
+    script.write_text(_TWO_PROCESS_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(hf_negmerge.__file__).parents[1])}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [*launcher, str(script), str(PACKAGED), str(tmp_path / "out"), str(tmp_path / "report")]
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=300)
+    main_report = (tmp_path / "report.0").read_text().split()
+    other_report = (tmp_path / "report.1").read_text().split()
+    assert main_report[0] == other_report[0] == "2"  # both runs trained, the same record on each process
+    assert (
+        other_report[1] == "None"
+        and float(main_report[1]) == RunResults.load(tmp_path / "out").selection.scale
+    )
+    assert len(list((tmp_path / "out" / "work" / "grid" / "runs").iterdir())) == 2

@@ -273,7 +273,14 @@ class NegMergeUnlearner:
             # see a single-process world and all of them would run the whole grid.
             state = PartialState(cpu=not torch.cuda.is_available())
             with naming_full_disk(output_dir):
-                with state.main_process_first():  # the main process claims (checks, locks) the folder first
+                if self._grid is None:
+                    with (
+                        state.main_process_first()
+                    ):  # the main process claims (checks, locks) the folder first
+                        claim = (
+                            claim_output_folder(output_dir, self.overwrite) if state.is_main_process else None
+                        )
+                else:  # the grid's end ended the process group: no barrier after it, only the main one goes on
                     claim = claim_output_folder(output_dir, self.overwrite) if state.is_main_process else None
                 self._state = state
                 try:
