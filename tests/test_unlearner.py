@@ -420,3 +420,11 @@ def test_two_processes_share_the_grid_and_only_the_main_one_gets_a_result(tmp_pa
         and float(main_report[1]) == RunResults.load(tmp_path / "out").selection.scale
     )
     assert len(list((tmp_path / "out" / "work" / "grid" / "runs").iterdir())) == 2
+
+
+def test_an_unreadable_dataset_object_is_named_by_its_type():
+    from hf_negmerge.recipe import UnlearnRecipe
+    from hf_negmerge.source_checks import check_sources
+
+    with pytest.raises(ConfigError, match=r"data.dataset must be .*datasets.DatasetDict, got set"):
+        check_sources(UnlearnRecipe(data=DataConfig(dataset={"not", "a dataset"})))

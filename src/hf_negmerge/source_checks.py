@@ -136,8 +136,9 @@ def _check_dataset(key: str, source: Any, splits: dict[str, str], image_column: 
         available = ["train"]
     elif not isinstance(source, str):
         raise ConfigError(
-            f"{key} must be a dataset name, a path, a list of parquet files or a {{split: files}} "
-            f"mapping, got {source!r}."
+            f"{key} must be a dataset name, a path, a list of parquet files, a {{split: files}} mapping "
+            f"or (from Python, e.g. NegMergeUnlearner(dataset=...)) a datasets.DatasetDict, got "
+            f"{type(source).__name__}."
         )
     else:
         path = _local_path(source)

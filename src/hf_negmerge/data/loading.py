@@ -345,8 +345,8 @@ def detect_source_kind(source: DataSource) -> str:
             "not an existing file or folder, and not a Hub id like 'owner/name'"
         )
     raise ConfigError(
-        f"cannot read dataset source {source!r}: expected a built-in name, a save_to_disk folder, "
-        "parquet file(s), an image folder or a Hub id"
+        f"cannot read dataset source {source!r}: expected a datasets.Dataset or "
+        "DatasetDict object, a built-in name, a save_to_disk folder, parquet file(s), an image folder or a Hub id"
     )
 
 
