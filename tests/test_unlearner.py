@@ -428,3 +428,21 @@ def test_an_unreadable_dataset_object_is_named_by_its_type():
 
     with pytest.raises(ConfigError, match=r"data.dataset must be .*datasets.DatasetDict, got set"):
         check_sources(UnlearnRecipe(data=DataConfig(dataset={"not", "a dataset"})))
+
+
+def test_separate_train_and_test_datasets_become_the_two_splits(tiny_vit):
+    from transformers import ViTImageProcessor
+
+    digits = load_digits_dataset()
+    unlearner = NegMergeUnlearner(
+        tiny_vit,
+        ViTImageProcessor(),
+        train_dataset=digits["train"],
+        test_dataset=digits["test"],
+        forget_fraction=0.1,
+    )
+    given = unlearner.recipe.data.dataset
+    assert sorted(given) == ["test", "train"] and given["test"]["label"] == digits["test"]["label"]
+    assert unlearner.recipe.data.scenario == "random" and unlearner.recipe.data.forget_fraction == 0.1
+    with pytest.raises(ConfigError, match="train_dataset and test_dataset together"):
+        NegMergeUnlearner(tiny_vit, ViTImageProcessor(), train_dataset=digits["train"], forget_fraction=0.1)

@@ -97,7 +97,7 @@ class NegMergeUnlearner:
     `model`: a live transformers model (`ViTForImageClassification`, `CLIPModel`,
     `ResNetForImageClassification`, or a peft model, whose adapters are merged into θ₀) or a local
     folder / Hub id. `processor`: its image processor (for CLIP a `CLIPProcessor`, which carries
-    the tokenizer). Data: `dataset` (a `DatasetDict` with `train_split` and `test_split`, any
+    the tokenizer). Data: `dataset` (a `DatasetDict` with `train` and `test` splits, or any
     source `DataConfig.dataset` accepts) or `train_dataset` + `test_dataset`, with
     `forget_classes` (class forgetting) or `forget_fraction` (random forgetting); or a full
     `data=DataConfig(...)`. Left out, `grid`, `config` and `comparison` are the built-in default
