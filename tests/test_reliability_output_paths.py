@@ -405,7 +405,7 @@ CASES: list[Case] = [
         lambda e: unlearn_argv(e),
         2,
         "No space left on the device while writing for the output folder {root}/out",
-        setup=full_disk_in("hf_negmerge.pipeline.build_unlearning_data"),
+        setup=full_disk_in("hf_negmerge.unlearner.build_unlearning_data"),
     ),
     Case(
         "unlearn-full-disk-api",
@@ -414,7 +414,7 @@ CASES: list[Case] = [
         ),
         2,
         "{root}/out",
-        setup=full_disk_in("hf_negmerge.pipeline.build_unlearning_data"),
+        setup=full_disk_in("hf_negmerge.unlearner.build_unlearning_data"),
         kind="api",
     ),
     Case(

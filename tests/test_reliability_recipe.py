@@ -18,7 +18,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from hf_negmerge import pipeline, plan
+from hf_negmerge import pipeline, plan, unlearner
 from hf_negmerge.cli import main
 from hf_negmerge.errors import ConfigError, NegMergeError
 from hf_negmerge.recipe import (
@@ -356,7 +356,7 @@ def no_data_stage(monkeypatch):
     def reached(*args, **kwargs):
         raise AssertionError("the run went past validation")
 
-    monkeypatch.setattr(pipeline, "build_unlearning_data", reached)
+    monkeypatch.setattr(unlearner, "build_unlearning_data", reached)
     monkeypatch.setattr(plan, "build_unlearning_data", reached)  # the --dry-run budget counts rows
     monkeypatch.setattr(pipeline, "run_unlearning", reached)
 

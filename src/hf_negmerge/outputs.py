@@ -100,7 +100,7 @@ def render_report(recipe: UnlearnRecipe, outcome: UnlearningOutcome, finetuned: 
     """report.md; `finetuned`: the fine-tuned tensor names (`finetuned_tensor_names`)."""
     main = outcome.main
     stats = outcome.merge.stats
-    dataset = portable_paths(recipe.data.dataset, outcome.output_dir)
+    dataset = portable_paths(recipe.data.published_source("dataset"), outcome.output_dir)
     model = portable_paths(recipe.model.name_or_path, outcome.output_dir)
     lines = [
         "# hf-negmerge unlearning report",

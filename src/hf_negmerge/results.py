@@ -360,8 +360,10 @@ class RunResults:
             license=license,
             hub_datasets=_hub_datasets(recipe),
             architecture=recipe.model.architecture,
-            forget_dataset=portable_paths(recipe.data.dataset, outcome.output_dir),
-            control_dataset=portable_paths(recipe.data.control_dataset, outcome.output_dir),
+            forget_dataset=portable_paths(recipe.data.published_source("dataset"), outcome.output_dir),
+            control_dataset=portable_paths(
+                recipe.data.published_source("control_dataset"), outcome.output_dir
+            ),
             scenario=recipe.data.scenario,
             forget_classes=recipe.data.forget_classes,
             data=outcome.data_summary,

@@ -118,8 +118,13 @@ def _check_dataset(key: str, source: Any, splits: dict[str, str], image_column: 
         _parquet_file_list,
         check_parquet_image_column,
         detect_source_kind,
+        is_in_memory,
+        source_label,
     )
 
+    if is_in_memory(source):
+        _check_splits(key, source_label(source), splits, list(source) if isinstance(source, dict) else [])
+        return []
     if isinstance(source, str) and source in BUILTIN_DATASETS:
         available = list(BUILTIN_DATASETS[source]())
     elif isinstance(source, dict):
@@ -131,23 +136,28 @@ def _check_dataset(key: str, source: Any, splits: dict[str, str], image_column: 
         available = ["train"]
     elif not isinstance(source, str):
         raise ConfigError(
-            f"{key} must be a dataset name, a path, a list of parquet files or a {{split: files}} "
-            f"mapping, got {source!r}."
+            f"{key} must be a dataset name, a path, a list of parquet files, a {{split: files}} mapping "
+            f"or (from Python, e.g. NegMergeUnlearner(dataset=...)) a datasets.DatasetDict, got "
+            f"{type(source).__name__}."
         )
     else:
         path = _local_path(source)
         if path is None:
             return _not_checked(key, source)
         available = _local_splits(key, source, _existing(key, source, path, "file or folder"))
+    _check_splits(key, source, splits, available)
+    if _named(key, detect_source_kind, source) == "parquet":
+        _named(key, check_parquet_image_column, source, image_column)
+    return []
+
+
+def _check_splits(key: str, source: Any, splits: dict[str, str], available: list[str]) -> None:
     for split_key, split in splits.items():
         if split not in available:
             raise ConfigError(
                 f"{split_key}={split!r} is not a split of {key}={source!r}; splits found: {available}. "
                 f"Set {split_key} to one of them."
             )
-    if _named(key, detect_source_kind, source) == "parquet":
-        _named(key, check_parquet_image_column, source, image_column)
-    return []
 
 
 def _named(key: str, check: Any, *args: Any) -> Any:

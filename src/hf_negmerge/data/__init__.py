@@ -15,11 +15,13 @@ from hf_negmerge.data.loading import (
     class_names_of,
     detect_source_kind,
     hub_is_offline,
+    is_in_memory,
     label_ids,
     load_image_dataset,
     remap_labels,
     rename_classes,
     require_class_names,
+    source_label,
     validate_image_dataset,
 )
 from hf_negmerge.data.scenarios import (
@@ -56,6 +58,7 @@ __all__ = [
     "detect_source_kind",
     "encode_split",
     "hub_is_offline",
+    "is_in_memory",
     "label_ids",
     "load_digits_dataset",
     "load_image_dataset",
@@ -66,6 +69,7 @@ __all__ = [
     "rename_classes",
     "require_class_names",
     "resolve_forget_classes",
+    "source_label",
     "validate_image_dataset",
     "validation_size",
 ]

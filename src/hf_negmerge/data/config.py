@@ -7,11 +7,12 @@ building any split. `SCENARIO_NAMES` lists the scenario names a config accepts; 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from hf_negmerge.data.loading import DEFAULT_IMAGE_CHECK_LIMIT
+from hf_negmerge.data.loading import DEFAULT_IMAGE_CHECK_LIMIT, is_in_memory, source_label
 from hf_negmerge.errors import ConfigError
 
 #: Scenario names `DataConfig.scenario` accepts, filled by `data.scenarios.register_scenario`.
@@ -25,7 +26,8 @@ class DataConfig:
     dataset: Any = field(
         default="digits",
         metadata={
-            "help": "Forget dataset: 'digits', a Hub id, an image folder, parquet file(s) or a save_to_disk folder."
+            "help": "Forget dataset: 'digits', a Hub id, an image folder, parquet file(s), a save_to_disk folder "
+            "or (from Python) a datasets.DatasetDict."
         },
     )
     scenario: str = field(
@@ -222,8 +224,20 @@ class DataConfig:
             resolve_prompt_templates(self.control_prompt_templates, "data.control_prompt_templates"),
         )
 
+    def published_source(self, key: str) -> Any:
+        """`dataset` or `control_dataset` as published files name it: the value as given, or for
+        a dataset object handed over from Python, what it holds (`source_label`)."""
+        value = getattr(self, key)
+        return source_label(value) if is_in_memory(value) else value
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain values (a recipe.yaml); dataset objects are named, not copied (`published_source`)."""
+        sources = ("dataset", "control_dataset")
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        return {
+            key: self.published_source(key) if key in sources else copy.deepcopy(value)
+            for key, value in values.items()
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataConfig:

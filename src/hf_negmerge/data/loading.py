@@ -1,6 +1,6 @@
 """Load image-classification data from any usual place into canonical ``image`` / ``label`` columns.
 
-Sources: the built-in ``"digits"``, a Hub dataset id, a local image folder, local parquet file(s) and a
+Sources: ``datasets`` objects handed over from Python, the built-in ``"digits"``, a Hub dataset id, a local image folder, local parquet file(s) and a
 ``save_to_disk`` folder. Everything is validated here, before any training starts, so that a typo in a
 column name or a corrupt image fails in seconds with a message naming the problem.
 
@@ -86,6 +86,20 @@ def _as_path(source: Any) -> Path | None:
     return Path(source).expanduser() if isinstance(source, (str, os.PathLike)) else None
 
 
+def is_in_memory(source: Any) -> bool:
+    """A `datasets.Dataset` or `DatasetDict` object handed over from Python (no path to read)."""
+    return isinstance(source, (datasets.Dataset, datasets.DatasetDict))
+
+
+def source_label(source: Any) -> str:
+    """How messages and published files name a source: its path or id, or what an object holds."""
+    if isinstance(source, datasets.DatasetDict):
+        return f"in-memory DatasetDict (splits {', '.join(source)})"
+    if isinstance(source, datasets.Dataset):
+        return f"in-memory Dataset ({len(source)} rows)"
+    return str(source)
+
+
 def _is_builtin(source: Any) -> bool:
     return isinstance(source, str) and source in BUILTIN_DATASETS
 
@@ -143,6 +157,10 @@ def _select_split(data: DatasetOrDict, split: str | None, source_name: str) -> D
     if split not in data:
         raise MissingSplitError(f"{source_name} has no split {split!r}; available splits: {sorted(data)}")
     return data[split]
+
+
+def _load_in_memory(source: DatasetOrDict, options: LoadOptions) -> DatasetOrDict:
+    return _select_split(source, options.split, source_label(source))
 
 
 def _load_builtin(source: str, options: LoadOptions) -> DatasetOrDict:
@@ -305,6 +323,7 @@ def _load_from_hub(repo_id: str, options: LoadOptions) -> DatasetOrDict:
 SOURCE_KINDS: dict[str, SourceKind] = {
     kind.name: kind
     for kind in (
+        SourceKind("in_memory", is_in_memory, _load_in_memory),  # before parquet: a DatasetDict is a Mapping
         SourceKind("builtin", _is_builtin, _load_builtin),
         SourceKind("saved_to_disk", _is_saved_to_disk, _load_saved_to_disk),
         SourceKind("parquet", _is_parquet, _load_parquet),
@@ -326,8 +345,8 @@ def detect_source_kind(source: DataSource) -> str:
             "not an existing file or folder, and not a Hub id like 'owner/name'"
         )
     raise ConfigError(
-        f"cannot read dataset source {source!r}: expected a built-in name, a save_to_disk folder, "
-        "parquet file(s), an image folder or a Hub id"
+        f"cannot read dataset source {source!r}: expected a datasets.Dataset or "
+        "DatasetDict object, a built-in name, a save_to_disk folder, parquet file(s), an image folder or a Hub id"
     )
 
 
@@ -605,7 +624,7 @@ def load_image_dataset(
 ) -> DatasetOrDict:
     """Read ``source`` and return it with columns ``image`` (datasets.Image) and ``label``.
 
-    ``source``: ``"digits"``, a Hub id (``"owner/name"``), an image folder (class sub-folders, optionally
+    ``source``: a ``datasets.Dataset`` / ``DatasetDict`` object, ``"digits"``, a Hub id (``"owner/name"``), an image folder (class sub-folders, optionally
     under ``train/`` and ``test/``), a ``.parquet`` file / folder / list / ``{split: files}`` mapping, or a
     ``save_to_disk`` folder. ``split`` picks one split (a ``Dataset`` is returned), ``None`` keeps all
     (a ``DatasetDict``). ``image_column`` / ``label_column`` are renamed to ``image`` / ``label``.
@@ -619,7 +638,12 @@ def load_image_dataset(
     kind = SOURCE_KINDS[detect_source_kind(source)]
     options = LoadOptions(split, revision, config_name, cache_dir, hub_timeout_s, image_column)
     loaded = kind.load(source, options)
-    name = f"dataset {str(source)!r}" if isinstance(source, (str, os.PathLike)) else "parquet dataset"
+    if is_in_memory(source):
+        name = source_label(source)
+    elif isinstance(source, (str, os.PathLike)):
+        name = f"dataset {str(source)!r}"
+    else:
+        name = "parquet dataset"
     if isinstance(loaded, datasets.Dataset):
         return _standardise(
             loaded, image_column, label_column, class_names, name, validate, image_check_limit, label_mapping

@@ -30,6 +30,7 @@ from hf_negmerge.data.loading import (
     class_names_of,
     label_ids,
     load_image_dataset,
+    source_label,
     validate_image_dataset,
 )
 from hf_negmerge.errors import ConfigError
@@ -178,7 +179,7 @@ def _load_split(config: DataConfig, source: _Source, split: str, key: str) -> da
         raise ConfigError(
             f"{str(error).rstrip('.')}. Set the recipe key {key} to one of the splits{hint}."
         ) from error
-    where = f"{source.role} dataset {str(source.source)!r} split {split!r}"
+    where = f"{source.role} dataset {source_label(source.source)!r} split {split!r}"
     if source.label_names is not None:
         dataset = align_to_labels(dataset, source.label_names, where)
     if SOURCE_INDEX_COLUMN not in dataset.column_names:
