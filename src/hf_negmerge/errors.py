@@ -1,10 +1,13 @@
 """Exceptions and warnings that name what went wrong (file, key, shape, option) so users can fix it."""
 
+import contextlib
 import os
 import sys
 import warnings
 
 _PACKAGE_DIR = os.path.dirname(__file__) + os.sep
+#: frames a warning skips: the package's own, and contextlib's (the package's `with` blocks)
+_LIBRARY_FILES = (_PACKAGE_DIR, contextlib.__file__)
 
 
 class NegMergeError(Exception):
@@ -36,9 +39,10 @@ class NegMergeWarning(UserWarning):
 
 
 def warn(message: str, category: type[NegMergeWarning]) -> None:
-    """`warnings.warn` pointed at the first caller outside hf-negmerge, so that the warning names
-    the user's line (and filters by module match the user's code), not the library's."""
+    """`warnings.warn` pointed at the first caller outside hf-negmerge (and the `contextlib`
+    frames of its `with` blocks), so that the warning names the user's line and filters by
+    module match the user's code, not the library's."""
     level, frame = 2, sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_LIBRARY_FILES):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, category, stacklevel=level)
