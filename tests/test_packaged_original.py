@@ -46,7 +46,7 @@ def _default_recipe(tmp_path, *overrides):
 
 def _prepare(recipe, tmp_path):
     from hf_negmerge.data import build_unlearning_data
-    from hf_negmerge.pipeline import model_label_names, prepare_original
+    from hf_negmerge.originals import model_label_names, prepare_original
 
     data = build_unlearning_data(recipe.data, model_label_names(recipe))
     return prepare_original(recipe, data, tmp_path / "work", progress=False)
@@ -77,7 +77,7 @@ def test_default_recipe_uses_the_packaged_original_without_training(tmp_path, mo
     assert folder.parent == packaged_originals_dir()
     assert not (tmp_path / "cache").exists()  # read in place: nothing copied, nothing written
 
-    from hf_negmerge.pipeline import describe_original
+    from hf_negmerge.originals import describe_original
 
     record = describe_original(_default_recipe(tmp_path), folder)
     assert record["packaged"]["key"] == folder.name.split("-")[-1]

@@ -34,7 +34,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hf_negmerge import pipeline
+from hf_negmerge import pipeline, unlearner
 from hf_negmerge.cli import main
 from hf_negmerge.data import load_digits_dataset, load_image_dataset
 from hf_negmerge.errors import CheckpointError, ConfigError, NegMergeError
@@ -91,7 +91,7 @@ def no_work(env: Env) -> None:
     def reached(*args: object, **kwargs: object) -> None:
         raise AssertionError("the run went past validation")
 
-    for module, name in ((pipeline, "build_unlearning_data"), (pipeline, "run_unlearning")):
+    for module, name in ((unlearner, "build_unlearning_data"), (pipeline, "run_unlearning")):
         env.monkeypatch.setattr(module, name, reached)
 
 
