@@ -276,12 +276,12 @@ def test_mia_efficacy_by_default_is_salun_procedure_with_the_first_retain_rows()
     assert mia_efficacy(splits["r"], splits["t"], splits["f"], seed=0) != pytest.approx(expected)
 
 
-def test_pipeline_measures_ra_and_mia_members_on_rows_the_original_trained_on(monkeypatch):
+def test_pipeline_measures_ra_and_mia_members_on_rows_the_original_trained_on(monkeypatch, tmp_path):
     """θ₀ trains on retain_train minus retain_val; RA and the MIA members must use exactly those rows."""
     from types import SimpleNamespace
 
     from hf_negmerge import originals
-    from hf_negmerge.data import DataConfig
+    from hf_negmerge.data import DataConfig, EncodedSplit
     from hf_negmerge.data.scenarios import SCENARIOS, SOURCE_INDEX_COLUMN, UnlearningData
     from hf_negmerge.evaluation import engine
 
@@ -297,18 +297,24 @@ def test_pipeline_measures_ra_and_mia_members_on_rows_the_original_trained_on(mo
     data = UnlearningData(
         scenario="random", class_names=None, num_classes=3, **SCENARIOS["random"](config, train, test, None)
     )
-    monkeypatch.setattr(engine, "encode_split", lambda classifier, split, name, batch_size=256: split)
-    encoded = engine.encode_splits(
-        None, data, SimpleNamespace(mia_enabled=True, evaluation=SimpleNamespace(batch_size=8))
+
+    def source_rows(classifier, split, name, batch_size, disk_dir, memory_bytes):
+        # the encoded "labels" are the rows' source indices, to check which rows each split holds
+        return EncodedSplit(name, torch.zeros(len(split), 0), torch.tensor(split[SOURCE_INDEX_COLUMN]))
+
+    monkeypatch.setattr(engine, "encode_split", source_rows)
+    recipe = SimpleNamespace(
+        mia_enabled=True, evaluation=SimpleNamespace(batch_size=8), output_dir=tmp_path / "missing"
     )
+    encoded = engine.encode_splits(None, data, recipe)
     trained_on = originals.original_training_split(SimpleNamespace(), data)[SOURCE_INDEX_COLUMN]
     held_out = set(data.retain_val[SOURCE_INDEX_COLUMN])
     forgotten = set(data.forget_train[SOURCE_INDEX_COLUMN])
     expected = [
         index for index in range(60) if index not in held_out and index not in forgotten
     ]  # in row order
-    assert held_out and encoded["retain_train"][SOURCE_INDEX_COLUMN] == expected
-    assert encoded["retain_test"][SOURCE_INDEX_COLUMN] == expected
+    assert held_out and encoded["retain_train"].labels.tolist() == expected
+    assert encoded["retain_test"].labels.tolist() == expected
     assert set(expected) <= set(trained_on)
 
 

@@ -1,13 +1,15 @@
 """Batches for image classifiers: rows ``{image, label}`` -> ``{"pixel_values", "labels"}`` tensors.
 
 `ImageClassificationCollator` turns rows into one batch; `encode_split` is the one place a whole
-split is preprocessed up front (evaluation scores it for every λ, θ₀ pretraining every epoch).
+split is preprocessed up front (evaluation scores it for every λ, θ₀ pretraining every epoch),
+into memory or, for a split too large for that, into a file on disk (`pixel_file`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import PIL.Image
@@ -15,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hf_negmerge.data.loading import IMAGE_COLUMN, LABEL_COLUMN
+from hf_negmerge.data.pixel_file import PixelFile
 from hf_negmerge.errors import ConfigError
 
 ProcessorFn = Callable[[list[PIL.Image.Image]], torch.Tensor]
@@ -107,25 +110,44 @@ def make_dataloader(
 
 @dataclass
 class EncodedSplit:
-    """A split preprocessed once: pixel_values float [N, C, H, W] and labels int64 [N], in row order."""
+    """A split preprocessed once: pixel rows float [N, C, H, W] and labels int64 [N], in row order.
+
+    The pixels are a tensor in memory or a `PixelFile` on disk; `batches` reads either the same way.
+    """
 
     name: str
-    pixel_values: torch.Tensor
+    pixel_values: torch.Tensor | PixelFile
     labels: torch.Tensor
 
     def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         for start in range(0, len(self.labels), batch_size):
+            stop = start + batch_size
+            pixels = self.pixel_values
             yield {
-                "pixel_values": self.pixel_values[start : start + batch_size],
-                "labels": self.labels[start : start + batch_size],
+                "pixel_values": pixels.read(start, stop)
+                if isinstance(pixels, PixelFile)
+                else pixels[start:stop],
+                "labels": self.labels[start:stop],
             }
 
 
-def encode_split(classifier: Any, dataset: Any, name: str = "", batch_size: int = 256) -> EncodedSplit:
+def encode_split(
+    classifier: Any,
+    dataset: Any,
+    name: str = "",
+    batch_size: int = 256,
+    disk_dir: str | Path | None = None,
+    memory_bytes: int = 0,
+) -> EncodedSplit:
     """Every row of `dataset` through `classifier.preprocess` (no augmentation), `batch_size` rows
-    at a time so that only one batch of decoded images is held at once."""
+    at a time so that only one batch of decoded images is held at once.
+
+    The pixels stay in memory unless `disk_dir` is given and the split's pixels would take more
+    than `memory_bytes`: then each batch goes to a `PixelFile` in `disk_dir` as soon as it is made.
+    """
     collate = ImageClassificationCollator(classifier.preprocess)
-    pixels, labels = [], []
+    pixels: list[torch.Tensor] | PixelFile = []
+    labels = []
     for start in range(0, len(dataset), batch_size):
         columns = dataset[start : start + batch_size]
         rows = [
@@ -133,8 +155,21 @@ def encode_split(classifier: Any, dataset: Any, name: str = "", batch_size: int 
             for image, label in zip(columns[IMAGE_COLUMN], columns[LABEL_COLUMN], strict=True)
         ]
         batch = collate(rows)
-        pixels.append(batch["pixel_values"])
+        batch_pixels = batch["pixel_values"]
+        if start == 0:
+            row_shape, dtype = tuple(batch_pixels.shape[1:]), batch_pixels.dtype
+            split_bytes = len(dataset) * batch_pixels[0].nbytes
+            if disk_dir is not None and split_bytes > memory_bytes:
+                pixels = PixelFile(disk_dir, row_shape, dtype)
+        elif tuple(batch_pixels.shape[1:]) != row_shape or batch_pixels.dtype != dtype:
+            raise ConfigError(
+                f"split {name!r}: rows {start}.. were preprocessed to {tuple(batch_pixels.shape[1:])} "
+                f"{batch_pixels.dtype}, the first rows to {row_shape} {dtype}; the preprocessor must give "
+                "every image the same shape and dtype"
+            )
+        pixels.append(batch_pixels)
         labels.append(batch["labels"])
     if not labels:
         raise ConfigError(f"cannot encode the empty split {name!r}")
-    return EncodedSplit(name, torch.cat(pixels), torch.cat(labels))
+    values = pixels if isinstance(pixels, PixelFile) else torch.cat(pixels)
+    return EncodedSplit(name, values, torch.cat(labels))

@@ -1,6 +1,7 @@
 """The pipeline's evaluation stage: every method's λ search and test metrics on pre-encoded splits.
 
-Each split is preprocessed once (`data.encode_split`); one working copy of θ₀ is reset to
+Each split is preprocessed once (`data.encode_split`; beyond a small total in memory, into files in
+the run's work folder, so memory does not grow with the splits); one working copy of θ₀ is reset to
 θ₀ − λ·τ for each (method, λ), so the λ searches of all methods cost forward passes only. The
 numbers themselves come from `evaluation.predict` and `evaluation.mia`; the selection rule from
 `lambda_search`. CLIP's control head is built by the model (`compute_head`, the one zero-shot head
@@ -25,6 +26,7 @@ from ..key_space import KeyNames
 from ..lambda_search import LambdaPoint, LambdaSearchConfig, LambdaSelection, search_lambda
 from ..merging import merge_task_vectors
 from ..originals import retain_without_validation
+from ..output_folder import WORK_DIR
 from ..results import MethodOutcome, best_single_run
 from ..task_vector import TaskVector, select_keys
 from .gap import avg_gap
@@ -106,8 +108,16 @@ def control_head_text(
     return names, templates
 
 
+#: encoded pixels kept in memory, over all splits; the splits past it are read from disk per batch
+IN_MEMORY_PIXEL_BYTES = 256 * 2**20
+
+
 def encode_splits(classifier: Any, data: UnlearningData, recipe: UnlearnRecipe) -> dict[str, EncodedSplit]:
-    """Every split the evaluation scores, preprocessed once (retain_train only for the MIA)."""
+    """Every split the evaluation scores, preprocessed once (retain_train only for the MIA).
+
+    Splits stay in memory while their pixels total at most `IN_MEMORY_PIXEL_BYTES`; the others go
+    to temporary files in the run's work folder (the system's temporary folder when it has none).
+    """
     wanted = ["forget_val", "forget_test", "retain_val", "retain_test", "test", "control_val", "control_test"]
     if recipe.mia_enabled:
         wanted.append("retain_train")
@@ -119,11 +129,18 @@ def encode_splits(classifier: Any, data: UnlearningData, recipe: UnlearnRecipe) 
         if data.retain_test is data.retain_train:  # 'random': RA is measured on the retain set itself
             splits["retain_test"] = trained_retain
         splits["retain_train"] = trained_retain
-    return {
-        name: encode_split(classifier, splits[name], name, recipe.evaluation.batch_size)
-        for name in wanted
-        if name in splits
-    }
+    work_dir = Path(recipe.output_dir) / WORK_DIR
+    disk_dir = work_dir if work_dir.is_dir() else None
+    memory_left = IN_MEMORY_PIXEL_BYTES
+    encoded: dict[str, EncodedSplit] = {}
+    for name in (name for name in wanted if name in splits):
+        split = encode_split(
+            classifier, splits[name], name, recipe.evaluation.batch_size, disk_dir, memory_left
+        )
+        if isinstance(split.pixel_values, torch.Tensor):
+            memory_left -= split.pixel_values.nbytes
+        encoded[name] = split
+    return encoded
 
 
 def constraint_split(evaluator: Evaluator) -> str:
