@@ -11,6 +11,7 @@ builder) and swapped in for the control splits.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ def encode_splits(classifier: Any, data: UnlearningData, recipe: UnlearnRecipe) 
             splits["retain_test"] = trained_retain
         splits["retain_train"] = trained_retain
     work_dir = Path(recipe.output_dir) / WORK_DIR
-    disk_dir = work_dir if work_dir.is_dir() else None
+    disk_dir = work_dir if work_dir.is_dir() else Path(tempfile.gettempdir())
     memory_left = IN_MEMORY_PIXEL_BYTES
     encoded: dict[str, EncodedSplit] = {}
     for name in (name for name in wanted if name in splits):
