@@ -47,7 +47,7 @@ def test_pixel_file_reads_back_the_bytes_written_in_any_range(tmp_path, dtype):
     pixels = PixelFile(tmp_path, (3, 4, 5), dtype)
     for start in range(0, 23, 7):
         pixels.append(written[start : start + 7])
-    assert len(pixels) == 23 and pixels.nbytes == written.nbytes
+    assert pixels.rows == 23 and pixels.nbytes == written.nbytes
     for start, stop in [(0, 23), (0, 7), (5, 6), (20, 40), (7, 7), (30, 40)]:
         read = pixels.read(start, stop)
         assert read.dtype == dtype and read.is_contiguous()
@@ -62,7 +62,7 @@ def test_pixel_file_leaves_no_file_behind_and_refuses_other_rows(tmp_path):
         pixels.append(torch.ones(4, 3, 2))
     with pytest.raises(ConfigError, match=r"dtype torch\.float64"):
         pixels.append(torch.ones(4, 2, 2, dtype=torch.float64))
-    assert len(pixels) == 4
+    assert pixels.rows == 4
 
 
 def test_split_past_the_budget_goes_to_disk_and_one_within_stays_in_memory(tmp_path):

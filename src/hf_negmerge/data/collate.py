@@ -122,13 +122,13 @@ class EncodedSplit:
     def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         for start in range(0, len(self.labels), batch_size):
             stop = start + batch_size
-            pixels = self.pixel_values
-            yield {
-                "pixel_values": pixels.read(start, stop)
-                if isinstance(pixels, PixelFile)
-                else pixels[start:stop],
-                "labels": self.labels[start:stop],
-            }
+            yield {"pixel_values": self.pixel_rows(start, stop), "labels": self.labels[start:stop]}
+
+    def pixel_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Pixels of rows [start, stop), read from disk when the split lives there."""
+        if isinstance(self.pixel_values, PixelFile):
+            return self.pixel_values.read(start, stop)
+        return self.pixel_values[start:stop]
 
 
 def encode_split(

@@ -1,7 +1,7 @@
 """Encoded pixels kept on disk, so that scoring a large split needs one batch of memory, not the split.
 
-The rows go batch by batch into an anonymous temporary file (unlinked at creation on Linux, so the
-OS removes it when the file is closed, the object is collected or the process is killed) and come
+The rows go batch by batch into an anonymous temporary file (unlinked at creation on POSIX systems, so
+the OS removes it when the file is closed, the object is collected or the process is killed) and come
 back with plain reads into fresh tensors, one batch at a time: no mapping of the whole file stays resident.
 The bytes are the tensors' own, so a batch read back equals the batch written, bit for bit.
 """
@@ -26,9 +26,6 @@ class PixelFile:
         self.rows = 0
         # no with-block: the file lives as long as this object, and goes with it
         self._file = tempfile.TemporaryFile(prefix="encoded-pixels-", dir=directory)  # noqa: SIM115
-
-    def __len__(self) -> int:
-        return self.rows
 
     @property
     def nbytes(self) -> int:
