@@ -911,14 +911,7 @@ def test_reliability(
     try:
         if case.setup is not None:
             case.setup(env)
-        before = snapshot(root)
-        message = _invoke(case, env, capsys)
-        after = snapshot(root)
-        assert case.message in message, message
-        assert "Traceback" not in message
-        kept = {name for name in before if any(fnmatch.fnmatchcase(name, pattern) for pattern in case.kept)}
-        changed = sorted(name for name in kept if after.get(name) != before[name])
-        assert not changed, f"changed or deleted: {changed}"
+        before = invoke_checked(case, env, capsys)
         if case.code != 0 and case.kind != "api" and not case.restores_out:
             assert not (root / "out").exists() or "out" in {Path(n).parts[0] for n in before}
             assert not staging_left(root)
@@ -929,7 +922,25 @@ def test_reliability(
             cleanup()
 
 
-def _invoke(case: Case, env: Env, capsys) -> str:
+def invoke_checked(
+    case: Case, env: Env, capsys, message: str | None = None, keep_all: bool = False
+) -> dict[str, str]:
+    """Run the case and check what every reliability table checks: the exit code, the message
+    fragment (`message`, else the case's), no traceback, and the kept files (every file with
+    `keep_all`) byte-identical afterwards. Returns the snapshot taken before the call."""
+    before = snapshot(env.root)
+    text = invoke_case(case, env, capsys)
+    after = snapshot(env.root)
+    expected = case.message if message is None else message
+    assert expected in text, text
+    assert "Traceback" not in text
+    kept = before if keep_all else {n for n in before if any(fnmatch.fnmatchcase(n, p) for p in case.kept)}
+    changed = sorted(name for name in kept if after.get(name) != before[name])
+    assert not changed, f"changed or deleted: {changed}"
+    return before
+
+
+def invoke_case(case: Case, env: Env, capsys) -> str:
     """Run the case; assert its exit code; return its message (stderr or the error text)."""
     if case.kind == "cli":
         capsys.readouterr()

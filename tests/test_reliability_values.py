@@ -10,11 +10,8 @@ values computed here, independently, in float64.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,14 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hf_negmerge import NegMergeConfig, TaskVector
-from hf_negmerge.cli import main
-from hf_negmerge.errors import CheckpointError, ConfigError, NegMergeError
+from hf_negmerge.errors import CheckpointError, ConfigError
 from hf_negmerge.negation import unlearn, write_unlearned_checkpoint
 from hf_negmerge.recipe_files import load_yaml
 from test_reliability_merge import (  # noqa: F401 (prototype is a fixture)
     Case,
     Env,
     child_env,
+    invoke_checked,
     negmerge_reference,
     prototype,
     snapshot,
@@ -634,42 +631,9 @@ def test_values(case: Case, prototype: Path, tmp_path: Path, monkeypatch: pytest
     env = Env(root, monkeypatch)
     if case.setup is not None:
         case.setup(env)
-    before = snapshot(root)
-    message = _invoke(case, env, capsys)
-    after = snapshot(root)
-    assert case.message.format(root=root) in message, message
-    assert "Traceback" not in message
-    kept = {name for name in before if any(fnmatch.fnmatchcase(name, pattern) for pattern in case.kept)}
-    changed = sorted(name for name in kept if after.get(name) != before[name])
-    assert not changed, f"changed or deleted: {changed}"
+    invoke_checked(case, env, capsys, case.message.format(root=root))
     if case.code != 0:
         assert not (root / "out").exists()
         assert not staging_left(root)
     if case.check is not None:
         case.check(env)
-
-
-def _invoke(case: Case, env: Env, capsys) -> str:
-    """Run the case; assert its exit code; return its message (stderr or the error text)."""
-    if case.kind == "cli":
-        capsys.readouterr()
-        code = main(case.call(env))
-        message = capsys.readouterr().err
-    elif case.kind == "subprocess":
-        done = subprocess.run(
-            [sys.executable, "-m", "hf_negmerge.cli", *case.call(env)],
-            capture_output=True,
-            text=True,
-            env=child_env(),
-        )
-        code, message = done.returncode, done.stderr
-    else:
-        try:
-            case.call(env)
-        except NegMergeError as error:
-            assert isinstance(error, case.error), f"{type(error).__name__}: {error}"
-            code, message = 2, str(error)
-        else:
-            code, message = 0, ""
-    assert code == case.code, message
-    return message
