@@ -43,16 +43,8 @@ from test_reliability_merge import (  # tests/ is on sys.path under pytest's def
     prototype,  # noqa: F401  (the module-scoped fixture of the tiny checkpoints)
     staging_left,
 )
+from test_reliability_outputs import TINY, cache, published  # noqa: F401 (module-scoped fixtures)
 
-TINY = [
-    "--no-progress",
-    "grid.axes.seed=[0,1]",
-    "grid.base.epochs=1",
-    "original.epochs=3",
-    "comparison=[uniform]",
-    "merge.lambda_grid=[0,0.5]",
-    "data.max_samples=200",
-]
 USER_FILES = {"out/NOTES.txt": "my notes\n", "out/eval/results.csv": "split,acc\ntest,0.9\n"}
 OUT_OF_SPACE = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # no file name, as the OS often says
 
@@ -524,20 +516,6 @@ def portable_rules(env: Env) -> None:
     ) == {"overrides": ['output_dir="."', "original.cache_dir=../../c", "seed=3"], "n": 1}
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("originals")
-
-
-@pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
-    """A finished tiny unlearning run's output folder (copied before a case changes it)."""
-    out = tmp_path_factory.mktemp("published") / "out"
-    argv = ["unlearn", "--output-dir", str(out), f"original.cache_dir={cache}", *TINY]
-    assert main(argv) == 0
-    return out
-
-
 NEEDS_RUN = {"unlearn-rerun-through-link", "push-valid-revision-dry-run"}
 
 
@@ -545,7 +523,7 @@ NEEDS_RUN = {"unlearn-rerun-through-link", "push-valid-revision-dry-run"}
 def test_output_paths(
     case: Case,
     prototype: Path,  # noqa: F811
-    cache: Path,
+    cache: Path,  # noqa: F811
     request: pytest.FixtureRequest,
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
